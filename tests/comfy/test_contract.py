@@ -1,0 +1,92 @@
+"""Contract of every node the pack registers: ids, categories, docs, tooltips, and a golden interface file.
+
+Node ids and input names are stored in every saved workflow, so renaming one breaks users' files. The golden file
+``tests/golden/node_interface.json`` pins them; regenerate it only for an intended, compatible change with
+``ADAPTBIR_UPDATE_GOLDEN=1 pytest tests/comfy/test_contract.py``.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "node_interface.json"
+PATCHING_TYPES = {"MODEL", "VAE", "CONDITIONING", "CLIP"}
+
+
+@pytest.fixture(scope="module")
+def pack_nodes(host, pack):
+    nodes = pack("nodes.extension").node_list()
+    assert nodes, "the pack registers no node"
+    return {cls.GET_SCHEMA().node_id: cls for cls in nodes}
+
+
+def interface(pack_nodes):
+    out = {}
+    for node_id, cls in sorted(pack_nodes.items()):
+        s = cls.GET_SCHEMA()
+        out[node_id] = {
+            "inputs": [i.id for i in s.inputs],
+            "input_types": [i.get_io_type() for i in s.inputs],
+            "outputs": [o.get_io_type() for o in s.outputs],
+        }
+    return out
+
+
+def test_nodes_are_registered_with_comfyui(host, pack_nodes):
+    for node_id, cls in pack_nodes.items():
+        assert host.nodes.NODE_CLASS_MAPPINGS.get(node_id) is cls
+        assert host.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(node_id)
+    # the tiny test loaders are not part of the pack
+    assert not any(n.startswith("AdaptBIRTest_") for n in pack_nodes)
+
+
+def test_ids_prefix_category_docs_and_tooltips(pack_nodes):
+    for node_id, cls in pack_nodes.items():
+        s = cls.GET_SCHEMA()
+        assert node_id.startswith("AdaptBIR_"), node_id
+        assert s.category.split("/")[0] == "restoration", (node_id, s.category)
+        assert s.description and len(s.description) > 40, f"{node_id}: no description"
+        for i in s.inputs:
+            assert i.tooltip and len(i.tooltip) > 10, f"{node_id}: input {i.id} has no tooltip"
+        for o in s.outputs:
+            assert o.tooltip and len(o.tooltip) > 10, f"{node_id}: output {o.id or o.display_name} has no tooltip"
+
+
+def test_object_info_is_served_for_every_node(host, pack_nodes):
+    # what /object_info sends to the page must build for each node
+    from server import PromptServer  # noqa: F401  (the stub is installed)
+
+    for node_id, cls in pack_nodes.items():
+        info = cls.GET_NODE_INFO_V1()
+        assert info["name"] == node_id and info["description"]
+        assert "required" in info["input"]
+
+
+def test_golden_interface(pack_nodes):
+    current = interface(pack_nodes)
+    if os.environ.get("ADAPTBIR_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps(current, indent=1, sort_keys=True) + "\n")
+    golden = json.loads(GOLDEN.read_text())
+    for node_id, spec in golden.items():
+        assert node_id in current, f"node id {node_id} was removed or renamed: saved workflows would break"
+        cur = current[node_id]
+        n = len(spec["inputs"])
+        assert cur["inputs"][:n] == spec["inputs"], (
+            f"{node_id}: inputs renamed or reordered {spec['inputs']} -> {cur['inputs'][:n]}")
+        assert cur["input_types"][:n] == spec["input_types"], f"{node_id}: input types changed"
+        assert cur["outputs"][:len(spec["outputs"])] == spec["outputs"], f"{node_id}: outputs changed"
+    new = sorted(set(current) - set(golden))
+    assert not new, f"nodes missing from the golden file (add them with ADAPTBIR_UPDATE_GOLDEN=1): {new}"
+
+
+# Nodes that output MODEL/VAE/CONDITIONING/CLIP must return new objects and leave their inputs untouched; each
+# such node needs a check in tests/comfy/test_no_mutation.py, listed here so a new one cannot slip through.
+CHECKED_PATCHING_NODES: set[str] = set()
+
+
+def test_every_patching_node_has_a_non_mutation_check(pack_nodes):
+    patching = {nid for nid, cls in pack_nodes.items()
+                if PATCHING_TYPES & {o.get_io_type() for o in cls.GET_SCHEMA().outputs}}
+    assert patching <= CHECKED_PATCHING_NODES, f"add non-mutation checks for {sorted(patching - CHECKED_PATCHING_NODES)}"

@@ -1,0 +1,138 @@
+"""Tiny, seeded ComfyUI models for graph tests: SD2-style (eps / v) and SDXL-style UNets, and a KL VAE.
+
+They are real ComfyUI objects (BaseModel/SDXL inside a ModelPatcher, comfy.sd.VAE) built from small configs that
+keep the real block layout (SD 2.1: 4 levels x 2 res blocks, 12 input blocks + middle; SDXL: 3 levels), so
+ComfyUI's samplers, LoRA key maps and model management treat them like the real thing. Weights are drawn from a
+seeded generator, so the same seed gives the same model on every machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import torch
+
+IMAGES: dict = {}  # name -> IMAGE tensor, filled by tests for the AdaptBIRTest_Image node
+
+CONTEXT_DIM = 64
+POOLED_DIM = 32
+
+SD2_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 1, 2, 2], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": True, "context_dim": CONTEXT_DIM, "num_head_channels": 16,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
+    "use_temporal_resblock": False,
+}
+
+SDXL_UNET = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": POOLED_DIM + 6 * 256, "in_channels": 4, "model_channels": 32,
+    "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 1, 1], "channel_mult": [1, 2, 2],
+    "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": CONTEXT_DIM,
+    "num_head_channels": 16, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+VAE_CONFIG = {"embed_dim": 4, "ddconfig": {
+    "double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}
+
+
+def seeded_state_dict(module: torch.nn.Module, seed: int, std: float = 1.0) -> dict:
+    """Deterministic weights for ``module``'s state dict: fan-in scaled normals for weights, ones for norm
+    scales, small values for biases."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, t in module.state_dict().items():
+        if not t.is_floating_point() or t.numel() == 0:
+            out[key] = t.clone()
+            continue
+        if t.ndim >= 2:
+            fan_in = t[0].numel()
+            v = torch.randn(t.shape, generator=g) * (std / fan_in ** 0.5)
+        elif "norm" in key and key.endswith("weight"):
+            v = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+        else:
+            v = 0.02 * torch.randn(t.shape, generator=g)
+        out[key] = v.to(t.dtype)
+    return out
+
+
+def _patcher(base_model):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(base_model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@functools.lru_cache(maxsize=8)
+def _unet_weights(kind: str, seed: int):
+    base = _base_model(kind)
+    return seeded_state_dict(base.diffusion_model, seed)
+
+
+def _base_model(kind: str):
+    import comfy.model_base
+    import comfy.supported_models
+
+    if kind in ("sd2-eps", "sd2-v", "sd2-v-zsnr"):
+        mc = comfy.supported_models.SD20(dict(SD2_UNET))
+        mc.unet_config["num_head_channels"] = SD2_UNET["num_head_channels"]  # SD20's extra config forces 64
+        mc.set_inference_dtype(torch.float32, None)
+        mtype = comfy.model_base.ModelType.EPS if kind == "sd2-eps" else comfy.model_base.ModelType.V_PREDICTION
+        if kind == "sd2-v-zsnr":
+            mc.sampling_settings["zsnr"] = True
+        return comfy.model_base.BaseModel(mc, model_type=mtype)
+    if kind == "sdxl":
+        mc = comfy.supported_models.SDXL(dict(SDXL_UNET))
+        mc.unet_config["num_head_channels"] = SDXL_UNET["num_head_channels"]
+        mc.set_inference_dtype(torch.float32, None)
+        return comfy.model_base.SDXL(mc, model_type=comfy.model_base.ModelType.EPS)
+    raise ValueError(f"kind: expected sd2-eps, sd2-v, sd2-v-zsnr or sdxl, found {kind!r}")
+
+
+def tiny_model(kind: str = "sd2-eps", seed: int = 0):
+    """A ModelPatcher around a tiny ComfyUI BaseModel of ``kind`` with seeded weights (fresh object per call)."""
+    base = _base_model(kind)
+    base.diffusion_model.load_state_dict(_unet_weights(kind, seed))
+    base.eval()
+    return _patcher(base)
+
+
+def vae_config(latent_channels: int = 4) -> dict:
+    cfg = {"embed_dim": latent_channels, "ddconfig": dict(VAE_CONFIG["ddconfig"])}
+    cfg["ddconfig"]["z_channels"] = latent_channels
+    return cfg
+
+
+@functools.lru_cache(maxsize=8)
+def _vae_weights(seed: int, latent_channels: int):
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    return seeded_state_dict(AutoencoderKL(**vae_config(latent_channels)), seed)
+
+
+def tiny_vae(seed: int = 0, latent_channels: int = 4):
+    """A comfy.sd.VAE (KL-f8, 32 base channels) with seeded weights, float32."""
+    import comfy.sd
+
+    vae = comfy.sd.VAE(sd=dict(_vae_weights(seed, latent_channels)), config={"params": vae_config(latent_channels)},
+                       dtype=torch.float32)
+    vae.latent_channels = latent_channels
+    return vae
+
+
+def tiny_conditioning(text: str, seed: int = 0, tokens: int = 4, sdxl: bool = False, size: int = 64):
+    """CONDITIONING derived deterministically from (text, seed): [[cond (1, tokens, 64), options]]."""
+    digest = hashlib.sha256(f"{seed}:{text}".encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    cond = torch.randn(1, tokens, CONTEXT_DIM, generator=g)
+    opts = {}
+    if sdxl:
+        opts = {"pooled_output": torch.randn(1, POOLED_DIM, generator=g), "width": size, "height": size,
+                "crop_w": 0, "crop_h": 0, "target_width": size, "target_height": size}
+    return [[cond, opts]]
