@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import iqa, latent
+from . import cleaners, iqa, ircontrolnet, latent, sampling
 
 
 def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
-    return [*iqa.NODES, *latent.NODES]
+    return [*iqa.NODES, *latent.NODES, *cleaners.NODES, *ircontrolnet.NODES, *sampling.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

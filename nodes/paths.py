@@ -9,6 +9,7 @@ WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 # folder key -> sub-folder of ComfyUI/models. Keys are part of the public interface (extra_model_paths.yaml).
 PACK_FOLDERS = {
     "iqa": "iqa",  # MUSIQ weights published by pyiqa
+    "diffbir": "diffbir",  # DiffBIR IRControlNet weights and stage-1 restorers (SwinIR)
 }
 
 

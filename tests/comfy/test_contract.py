@@ -81,12 +81,20 @@ def test_golden_interface(pack_nodes):
     assert not new, f"nodes missing from the golden file (add them with ADAPTBIR_UPDATE_GOLDEN=1): {new}"
 
 
-# Nodes that output MODEL/VAE/CONDITIONING/CLIP must return new objects and leave their inputs untouched; each
-# such node needs a check in tests/comfy/test_no_mutation.py, listed here so a new one cannot slip through.
-CHECKED_PATCHING_NODES: set[str] = set()
+# Nodes that output MODEL/VAE/CONDITIONING/CLIP must return new objects and leave their inputs untouched. Each such
+# node names the test that checks it, so a new one cannot slip through without one.
+CHECKED_PATCHING_NODES = {
+    "AdaptBIR_ApplyIRControlNet": ("tests.comfy.test_ircontrolnet", "test_apply_does_not_mutate_the_conditioning"),
+}
 
 
 def test_every_patching_node_has_a_non_mutation_check(pack_nodes):
+    import importlib
+
     patching = {nid for nid, cls in pack_nodes.items()
                 if PATCHING_TYPES & {o.get_io_type() for o in cls.GET_SCHEMA().outputs}}
-    assert patching <= CHECKED_PATCHING_NODES, f"add non-mutation checks for {sorted(patching - CHECKED_PATCHING_NODES)}"
+    missing = patching - set(CHECKED_PATCHING_NODES)
+    assert not missing, f"add non-mutation checks for {sorted(missing)}"
+    for node_id in patching:
+        module, func = CHECKED_PATCHING_NODES[node_id]
+        assert callable(getattr(importlib.import_module(module), func, None)), (node_id, module, func)

@@ -20,9 +20,9 @@ POOLED_DIM = 32
 
 SD2_UNET = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-    "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2, 2],
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 64, "num_res_blocks": [2, 2, 2, 2],
     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 1, 2, 2], "transformer_depth_middle": 1,
-    "use_linear_in_transformer": True, "context_dim": CONTEXT_DIM, "num_head_channels": 16,
+    "use_linear_in_transformer": True, "context_dim": CONTEXT_DIM, "num_head_channels": 64,
     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "use_temporal_attention": False,
     "use_temporal_resblock": False,
 }
@@ -81,7 +81,6 @@ def _base_model(kind: str):
 
     if kind in ("sd2-eps", "sd2-v", "sd2-v-zsnr"):
         mc = comfy.supported_models.SD20(dict(SD2_UNET))
-        mc.unet_config["num_head_channels"] = SD2_UNET["num_head_channels"]  # SD20's extra config forces 64
         mc.set_inference_dtype(torch.float32, None)
         mtype = comfy.model_base.ModelType.EPS if kind == "sd2-eps" else comfy.model_base.ModelType.V_PREDICTION
         if kind == "sd2-v-zsnr":
@@ -136,3 +135,16 @@ def tiny_conditioning(text: str, seed: int = 0, tokens: int = 4, sdxl: bool = Fa
         opts = {"pooled_output": torch.randn(1, POOLED_DIM, generator=g), "width": size, "height": size,
                 "crop_w": 0, "crop_h": 0, "target_width": size, "target_height": size}
     return [[cond, opts]]
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_ircontrolnet_state_dict(seed: int = 0) -> dict:
+    """Seeded weights with DiffBIR's IRControlNet key layout for the tiny SD2 UNet (8 input channels, 12 input
+    blocks, 13 zero convolutions, no hint block)."""
+    import comfy.cldm.cldm
+
+    cfg = {k: v for k, v in SD2_UNET.items() if k not in ("out_channels",)}
+    cfg["in_channels"] = 8
+    net = comfy.cldm.cldm.ControlNet(hint_channels=4, **cfg, device="cpu")
+    sd = seeded_state_dict(net, seed)
+    return {k: v for k, v in sd.items() if not k.startswith("input_hint_block.")}

@@ -1,0 +1,144 @@
+"""DiffBIR's region-adaptive restoration guidance as a ComfyUI post-CFG model patch.
+
+At every step inside the window the patch takes the predicted x0 (after CFG), measures the (Sobel-weighted) MSE
+between the decoded x0 and the guide image, and moves x0 so that the DDPM posterior mean moves by
+Δ = -(scale·3000)·∂L/∂x0 (DiffBIR v2.0.0). It works with any ComfyUI sampler; with DDPM over the spaced schedule it
+is DiffBIR's spaced sampler with guidance.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..modules import guidance as g
+from ..modules.schedules import posterior_mean_coef1
+from .common import PackError, check_interrupt
+
+SPACES = ["rgb", "latent"]
+LOSSES = ["w_mse", "mse"]
+
+
+def grad_capable_decoder(vae, device, dtype=torch.float32) -> torch.nn.Module:
+    """A frozen copy of the VAE's ``post_quant_conv`` + decoder made of normal (non-inference) tensors.
+
+    ComfyUI runs prompts under ``torch.inference_mode()`` and loads weights there, so backpropagating through the
+    VAE itself fails; this copy is made once per patch and leaves the caller's VAE untouched.
+    Input z: raw latent (B, C, h, w); output (B, 3, 8h, 8w) in about [-1, 1].
+    """
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([vae.patcher])
+    fsm = vae.first_stage_model
+    with torch.inference_mode(False):
+        parts = torch.nn.ModuleDict({"post_quant_conv": copy.deepcopy(getattr(fsm, "post_quant_conv",
+                                                                               torch.nn.Identity())),
+                                     "decoder": copy.deepcopy(fsm.decoder)})
+        state = {k: v.detach().clone().to(device=device, dtype=dtype) for k, v in parts.state_dict().items()}
+        parts.load_state_dict(state, assign=True)
+        parts.requires_grad_(False).eval()
+
+    class _Decode(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = parts
+
+        def forward(self, z):
+            return self.parts["decoder"](self.parts["post_quant_conv"](z))
+
+    return _Decode()
+
+
+class RestorationGuidance:
+    """Post-CFG function ``fn(args) -> denoised`` applying DiffBIR's guidance (see module docstring).
+
+    Args:
+        vae: ComfyUI VAE used to decode x0 (rgb space) or to encode the guide (latent space).
+        guide: (B or 1, 3, H, W) float32 in [0, 1]; H, W = 8 × the latent size.
+        scale: guidance scale (DiffBIR ``g_scale``; Δ uses scale × 3000). 0 = off.
+        g_start, g_stop: active while g_stop < t + 1 < g_start, t the model timestep (DiffBIR's window).
+        repeat: guidance updates per step. space: "rgb" or "latent". loss: "w_mse" or "mse".
+        block_size: Sobel block size of the w_mse weight map.
+    """
+
+    def __init__(self, vae, guide, scale, g_start=1001, g_stop=-1, repeat=1, space="rgb", loss="w_mse",
+                 block_size=2):
+        self.vae, self.guide, self.scale = vae, guide, float(scale)
+        self.g_start, self.g_stop, self.repeat = int(g_start), int(g_stop), int(repeat)
+        self.space, self.loss, self.block_size = space, loss, int(block_size)
+        self.weight = g.sobel_weight_map(guide, self.block_size) if loss == "w_mse" else None
+        self._decoder = None
+        self._latent_target = None
+
+    def _decode_fn(self, latent_format, device):
+        if self._decoder is None:
+            self._decoder = grad_capable_decoder(self.vae, device)
+        dec = self._decoder.to(device)
+
+        def decode(x0_scaled):
+            return dec(latent_format.process_out(x0_scaled))
+        return decode
+
+    def _latent_target_for(self, latent_format, device):
+        if self._latent_target is None:
+            z = self.vae.encode(self.guide.permute(0, 2, 3, 1))
+            self._latent_target = latent_format.process_in(z.float())
+        return self._latent_target.to(device)
+
+    def __call__(self, args):
+        x0 = args["denoised"]
+        if self.scale == 0:
+            return x0
+        model = args["model"]
+        sigma = args["sigma"]
+        ms = model.model_sampling
+        t = int(round(float(ms.timestep(sigma[:1]).item())))
+        if not g.guidance_active(t, self.g_start, self.g_stop):
+            return x0
+        check_interrupt()
+        sigma_next = _next_sigma(args, float(sigma[0]))
+        coef1 = posterior_mean_coef1(sigma.double().cpu(), torch.full_like(sigma.double().cpu(), sigma_next))
+        device = x0.device
+        if self.space == "rgb":
+            target = self.guide.to(device) * 2 - 1
+            decode = self._decode_fn(model.latent_format, device)
+            weight = None if self.weight is None else self.weight.to(device)
+        else:
+            target = self._latent_target_for(model.latent_format, device)
+            decode = _identity
+            weight = None if self.weight is None else g.resize_weight_map(self.weight, target.shape[-2:]).to(device)
+        if target.shape[0] == 1 and x0.shape[0] > 1:
+            target = target.expand(x0.shape[0], -1, -1, -1)
+            weight = None if weight is None else weight.expand(x0.shape[0], -1, -1, -1)
+        if target.shape[0] != x0.shape[0] or target.shape[-2:] != _decoded_size(x0, decode is _identity):
+            raise PackError(f"guide_image: expected {x0.shape[0]} (or 1) images of {_decoded_size(x0, decode is _identity)}"
+                            f" pixels matching the latent, found {tuple(target.shape)}")
+        out = g.guided_x0(x0.float(), target.float(), decode, self.scale, coef1.to(device=device, dtype=torch.float32),
+                          weight=weight, repeat=self.repeat)
+        return out.to(x0.dtype)
+
+
+def _identity(x):
+    return x
+
+
+def _decoded_size(x0, latent_space: bool):
+    return tuple(x0.shape[-2:]) if latent_space else (x0.shape[-2] * 8, x0.shape[-1] * 8)
+
+
+def _next_sigma(args, sigma: float) -> float:
+    """The sigma of the sampler's next step (0 after the last), from the schedule ComfyUI passes to the model."""
+    sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+    if sigmas is None:
+        return 0.0
+    sigmas = sigmas.detach().float().cpu()
+    i = int(torch.argmin((sigmas - sigma).abs()))
+    return float(sigmas[i + 1]) if i + 1 < len(sigmas) else 0.0
+
+
+def apply_guidance(model, patch: RestorationGuidance):
+    """A clone of ``model`` with the guidance as a post-CFG function (the input model is not modified)."""
+    m = model.clone()
+    m.set_model_sampler_post_cfg_function(patch)
+    return m

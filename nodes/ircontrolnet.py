@@ -1,0 +1,308 @@
+"""DiffBIR's IRControlNet on ComfyUI: network (ComfyUI's own ControlNet blocks), loader, control and apply node."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from comfy_api.latest import io
+
+from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
+from ..modules.image_ops import pad_to_multiple, to_rgb_bchw
+from .common import PackError, RestoreCondition, load_weights, model_file_path
+
+CAT_CONTROL = "restoration/control"
+IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
+SD_LATENT_SCALE = 0.18215  # DiffBIR's hint: 0.18215 x the SD 2.1 VAE posterior mode
+HINT_CONVENTIONS = ["auto", "diffbir", "adaptbir"]
+
+
+def build_ircontrolnet_class():
+    import comfy.cldm.cldm
+    from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+
+    class IRControlNetModel(comfy.cldm.cldm.ControlNet):
+        """The SD UNet encoder + zero convolutions fed ``cat(x_t, c)`` (8 channels); no hint block.
+
+        ``forward(x (B,8,h,w), timesteps (B,), context (B,T,D))`` returns ComfyUI's control dict
+        ``{"middle": [m], "output": [12 skips in input-block order]}``, plus, with ``return_features=True``, the
+        raw (pre-zero-conv) features under ``"features"`` (13 tensors: 12 input blocks, then the middle).
+        """
+
+        def __init__(self, **config):
+            super().__init__(hint_channels=4, **config)
+            del self.input_hint_block
+
+        def forward(self, x, timesteps, context, y=None, return_features=False, **kwargs):
+            emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
+            outputs, features = [], []
+            h = x
+            for module, zero_conv in zip(self.input_blocks, self.zero_convs):
+                h = module(h, emb, context)
+                outputs.append(zero_conv(h, emb, context))
+                features.append(h)
+            h = self.middle_block(h, emb, context)
+            features.append(h)
+            out = {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
+            if return_features:
+                out["features"] = features
+            return out
+
+    return IRControlNetModel
+
+
+def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
+    """Build an IRControlNet from its state dict with ComfyUI's blocks, ops and dtype policy.
+
+    Returns ``(net, unet_config)``. ``device="meta"`` builds without allocating (layout checks).
+    """
+    import comfy.model_detection
+    import comfy.model_management as mm
+    import comfy.ops
+    import comfy.utils
+
+    cfg = comfy.model_detection.detect_unet_config(control_sd, "")
+    if cfg is None or cfg.get("in_channels") != 8:
+        raise ValueError(f"expected an 8-channel IRControlNet, found a UNet config {cfg}")
+    if dtype is None:
+        dtype = mm.unet_dtype(model_params=-1, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32],
+                              weight_dtype=comfy.utils.weight_dtype(control_sd))
+    manual_cast = mm.unet_manual_cast(dtype, mm.get_torch_device())
+    ops = comfy.ops.pick_operations(dtype, manual_cast, disable_fast_fp8=True)
+    cfg = {k: v for k, v in cfg.items() if k not in ("out_channels", "dtype")}
+    # attention heads are not in the weights: DiffBIR/AdaptBIR are SD 2.1 (ComfyUI's SD20 settings, 64-wide heads)
+    import comfy.supported_models
+
+    cfg.update(comfy.supported_models.SD20.unet_extra_config)
+    net = build_ircontrolnet_class()(**cfg, dtype=dtype, device=device, operations=ops)
+    missing, unexpected = net.load_state_dict(control_sd, strict=False, assign=device == "meta")
+    if missing or unexpected:
+        raise ValueError(f"IRControlNet weights do not fit the detected architecture: {len(missing)} missing "
+                         f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+    return net.eval().requires_grad_(False), cfg
+
+
+def make_control(patcher, layout: str):
+    import comfy.controlnet
+
+    class IRControlNetControl(comfy.controlnet.ControlBase):
+        """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
+
+        ``cond_hint_original`` is the condition latent (B or 1, 4, h, w) in the hint convention of the weights;
+        it must match the sampled latent's size.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.patcher = patcher
+            self.layout = layout
+            self.model_sampling_current = None
+            self.compression_ratio = 1
+
+        def copy(self):
+            c = IRControlNetControl()
+            self.copy_to(c)
+            return c
+
+        def get_models(self):
+            return super().get_models() + [self.patcher]
+
+        def pre_run(self, model, percent_to_timestep_function):
+            super().pre_run(model, percent_to_timestep_function)
+            self.model_sampling_current = model.model_sampling
+
+        def cleanup(self):
+            self.model_sampling_current = None
+            super().cleanup()
+
+        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+            prev = None
+            if self.previous_controlnet is not None:
+                prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+            if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+                return prev
+            if self.strength == 0:
+                return prev
+            import comfy.controlnet
+
+            net = self.patcher.model
+            hint = self.cond_hint_original
+            if tuple(hint.shape[-2:]) != tuple(x_noisy.shape[-2:]):
+                raise PackError(
+                    f"condition: expected a condition latent of the sampled latent's size "
+                    f"{tuple(x_noisy.shape[-2:])}, found {tuple(hint.shape[-2:])}; encode the same (padded) image "
+                    f"you sample")
+            if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
+                    or self.cond_hint.device != x_noisy.device:
+                hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
+                if hint.shape[0] != x_noisy.shape[0]:  # a single hint is returned as is: repeat it
+                    hint = hint.expand(x_noisy.shape[0], -1, -1, -1)
+                self.cond_hint = hint.to(device=x_noisy.device, dtype=net.dtype)
+            ms = self.model_sampling_current
+            x_in = ms.calculate_input(t, x_noisy).to(net.dtype)
+            context = cond["c_crossattn"].to(net.dtype)
+            out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context)
+            return self.control_merge(out, prev, output_dtype=None)
+
+    return IRControlNetControl()
+
+
+class IRControlNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import folder_paths
+
+        return io.Schema(
+            node_id="AdaptBIR_IRControlNetLoader",
+            display_name="Load IRControlNet (DiffBIR/AdaptBIR)",
+            category=CAT_CONTROL,
+            description=(
+                "Loads DiffBIR's IRControlNet (v1_general.pth, v1_face.pth, v2.pth, DiffBIR_v2.1.pt, the legacy "
+                "full v1 checkpoints) or the control branch of an AdaptBIR checkpoint from models/diffbir. The "
+                "kind is recognised from the weights, not the file name; only tensors are read, no code runs."),
+            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+                "File in ComfyUI/models/diffbir. v2.pth works with SD 2.1-base; DiffBIR_v2.1.pt needs the "
+                "zero-terminal-SNR v-prediction SD 2.1 base."))],
+            outputs=[IRControlNetType.Output("control_net", tooltip=(
+                "The IRControlNet; connect it to Apply IRControlNet."))],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, control_net_name):
+        try:
+            st = os.stat(model_file_path("diffbir", control_net_name))
+        except PackError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def execute(cls, control_net_name) -> io.NodeOutput:
+        import comfy.model_management as mm
+        import comfy.model_patcher
+
+        path = model_file_path("diffbir", control_net_name)
+        sd = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)")
+        try:
+            layout, control_sd = extract_ircontrolnet(sd, _metadata(path))
+            net, _ = build_ircontrolnet(control_sd)
+        except ValueError as e:
+            raise PackError(f"{control_net_name}: {e}") from None
+        patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+        return io.NodeOutput(make_control(patcher, layout))
+
+
+def _metadata(path: str) -> dict:
+    if not path.endswith((".safetensors", ".sft")):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata() or {}
+
+
+def hint_from_condition(condition: dict, convention: str) -> torch.Tensor:
+    """The hint latent (B,4,h,w) float32 from a Dual Encoder Interpolate condition, in ``convention``."""
+    if convention == "diffbir":
+        return condition["samples"] * SD_LATENT_SCALE
+    pq = condition.get("post_quant")
+    if pq is None:
+        raise PackError("condition: the AdaptBIR hint needs the VAE's post_quant_conv output, found a VAE without "
+                        "post_quant_conv; use the diffbir hint convention")
+    return pq
+
+
+def encode_condition_image(image, vae, pad_multiple: int = 64) -> dict:
+    """Encode a stage-1 IMAGE with ``vae`` into a condition dict (same fields as Dual Encoder Interpolate's)."""
+    from .latent import encode, post_quant
+
+    try:
+        x = to_rgb_bchw(image, "image")
+    except ValueError as e:
+        raise PackError(str(e)) from None
+    b, _, h, w = x.shape
+    padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
+    z = encode(vae, padded, 0)
+    crop = {"height": h, "width": w, "pad_bottom": pad[0], "pad_right": pad[1]}
+    return {"samples": z, "post_quant": post_quant(vae, z), "k": torch.ones(b), "crop": crop,
+            "image": padded.permute(0, 2, 3, 1).contiguous()}
+
+
+class ApplyIRControlNet(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIR_ApplyIRControlNet",
+            display_name="Apply IRControlNet",
+            category=CAT_CONTROL,
+            description=(
+                "Attaches DiffBIR's IRControlNet to the positive and negative conditioning, like ComfyUI's "
+                "Apply ControlNet: at each step it reads the noisy latent together with the condition latent of "
+                "the cleaned image and adds its outputs to the UNet's skips. Works with the stock KSampler and "
+                "chains with other controls."),
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (DiffBIR v2: an empty prompt)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (the control is applied to it too)."),
+                IRControlNetType.Input("control_net", tooltip="From Load IRControlNet."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=10.0, step=0.01, tooltip=(
+                    "Scale of all 13 control outputs. 1 = DiffBIR; 0 = no control (exactly).")),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.001, tooltip=(
+                    "Fraction of sampling at which the control starts acting (0 = from the first step).")),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.001, tooltip=(
+                    "Fraction of sampling at which the control stops acting (1 = until the last step).")),
+                io.Combo.Input("hint_convention", options=HINT_CONVENTIONS, default="auto", tooltip=(
+                    "How the condition latent is fed: diffbir = 0.18215 x the VAE latent (DiffBIR weights); "
+                    "adaptbir = the latent after post_quant_conv (AdaptBIR weights); auto = from the weights.")),
+                RestoreCondition.Input("condition", optional=True, tooltip=(
+                    "The condition from Dual Encoder Interpolate (preferred for AdaptBIR).")),
+                io.Image.Input("image", optional=True, tooltip=(
+                    "Or the cleaned (stage-1) image, encoded here with the VAE below. Padded to a multiple of 64 "
+                    "like the sampled latent must be.")),
+                io.Vae.Input("vae", optional=True, tooltip="The SD VAE, needed when an image is connected."),
+            ],
+            outputs=[
+                io.Conditioning.Output("positive_out", tooltip="Positive conditioning carrying the control."),
+                io.Conditioning.Output("negative_out", tooltip="Negative conditioning carrying the control."),
+                RestoreCondition.Output("condition_out", tooltip=(
+                    "The condition that was used (encoded here if an image was given), for the sampler's start "
+                    "and guidance, colour fix and crop-back.")),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **kwargs):
+        if start_percent > end_percent:
+            return f"start_percent ({start_percent}) must not be above end_percent ({end_percent})"
+        return True
+
+    @classmethod
+    def execute(cls, positive, negative, control_net, strength=1.0, start_percent=0.0, end_percent=1.0,
+                hint_convention="auto", condition=None, image=None, vae=None) -> io.NodeOutput:
+        if (condition is None) == (image is None):
+            raise PackError("condition/image: expected exactly one of them to be connected, found "
+                            f"{'both' if condition is not None else 'neither'}")
+        if image is not None:
+            if vae is None:
+                raise PackError("vae: expected the SD VAE to encode the connected image, found none")
+            condition = encode_condition_image(image, vae)
+        convention = LAYOUT_HINT[control_net.layout] if hint_convention == "auto" else hint_convention
+        hint = hint_from_condition(condition, convention)
+        if not bool(torch.isfinite(hint).all()):
+            raise PackError("condition: expected finite latent values, found NaN or inf")
+        cnets, out = {}, []
+        for conditioning in (positive, negative):
+            c = []
+            for cond_tensor, opts in conditioning:
+                d = opts.copy()
+                prev = d.get("control", None)
+                if prev not in cnets:
+                    cnets[prev] = control_net.copy().set_cond_hint(hint, strength, (start_percent, end_percent))
+                    cnets[prev].set_previous_controlnet(prev)
+                d["control"] = cnets[prev]
+                d["control_apply_to_uncond"] = False
+                c.append([cond_tensor, d])
+            out.append(c)
+        return io.NodeOutput(out[0], out[1], condition)
+
+
+NODES = [IRControlNetLoader, ApplyIRControlNet]

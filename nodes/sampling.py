@@ -1,0 +1,228 @@
+"""DiffBIR sampling nodes: the spaced DDPM schedule, the Restoration Guidance Sampler and the colour fix."""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+from ..modules import colorfix
+from ..modules.image_ops import check_image_bhwc, to_rgb_bchw
+from ..modules.schedules import q_sample_start, spaced_sigmas
+from .common import CAT_IMAGE, PackError, RestoreCondition
+from .guidance import LOSSES, SPACES, RestorationGuidance, apply_guidance
+
+CAT_SAMPLING = "restoration/sampling"
+SPACED = "diffbir_spaced"
+
+
+def model_alphas_cumprod(model) -> torch.Tensor:
+    """ᾱ (1000,) float64 of the MODEL's discrete schedule (zero-terminal-SNR models included)."""
+    ms = model.get_model_object("model_sampling")
+    sigmas = getattr(ms, "sigmas", None)
+    if sigmas is None or sigmas.numel() < 2:
+        raise PackError("model: expected a discrete-time (DDPM-family) model such as SD 2.1, found a model "
+                        f"without a discrete sigma table ({type(ms).__name__})")
+    return 1.0 / (1.0 + sigmas.double().cpu() ** 2)
+
+
+def diffbir_sigmas(model, steps: int) -> torch.Tensor:
+    return spaced_sigmas(model_alphas_cumprod(model), steps)
+
+
+class SpacedDDPMScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIR_SpacedDDPMScheduler",
+            display_name="Spaced DDPM Scheduler (DiffBIR)",
+            category=CAT_SAMPLING,
+            description=(
+                "DiffBIR's spaced schedule: N of the model's 1000 timesteps chosen by IDDPM's respacing. With "
+                "ComfyUI's 'ddpm' sampler in SamplerCustom this is exactly DiffBIR's spaced sampler."),
+            inputs=[
+                io.Model.Input("model", tooltip="The SD 2.1 model (its noise schedule is used)."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Number of sampling steps (DiffBIR: 50)."),
+            ],
+            outputs=[io.Sigmas.Output("sigmas", tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
+        )
+
+    @classmethod
+    def execute(cls, model, steps=50) -> io.NodeOutput:
+        return io.NodeOutput(diffbir_sigmas(model, steps))
+
+
+def _guide_bchw(guide_image, condition, latent) -> torch.Tensor | None:
+    """Guide image as (B,3,8h,8w) [0,1]: the given image (edge-padded to the latent's size) or the condition's."""
+    if guide_image is None:
+        return None if condition is None else to_rgb_bchw(condition["image"], "condition.image")
+    g = to_rgb_bchw(guide_image, "guide_image")
+    H, W = latent.shape[-2] * 8, latent.shape[-1] * 8
+    if g.shape[-2] > H or g.shape[-1] > W or H - g.shape[-2] >= 64 or W - g.shape[-1] >= 64:
+        raise PackError(f"guide_image: expected the size of the sampled image ({W}x{H}, or that size before "
+                        f"padding to a multiple of 64), found {g.shape[-1]}x{g.shape[-2]}")
+    if (g.shape[-2], g.shape[-1]) == (H, W):
+        return g
+    # the same bottom/right edge padding Dual Encoder Interpolate applies to the image it encodes
+    return torch.nn.functional.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2]), mode="replicate")
+
+
+class RestorationGuidanceSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="AdaptBIR_RestorationGuidanceSampler",
+            display_name="Restoration Guidance Sampler (DiffBIR)",
+            category=CAT_SAMPLING,
+            description=(
+                "Samples like KSampler, with DiffBIR's region-adaptive restoration guidance: at each step the "
+                "predicted image is pulled toward the guide (the cleaned stage-1 image), strongly in flat regions "
+                "and weakly on edges and texture, so the result stays faithful without losing generated detail. "
+                "Defaults reproduce DiffBIR v2 (spaced DDPM, 50 steps, cfg 4). Guidance scale 0 = off."),
+            inputs=[
+                io.Model.Input("model", tooltip="SD 2.1 model (with Apply IRControlNet on the conditioning)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning from Apply IRControlNet."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning from Apply IRControlNet."),
+                io.Vae.Input("vae", tooltip="The SD VAE: decodes the prediction for rgb-space guidance."),
+                io.Latent.Input("latent_image", tooltip=(
+                    "Latent of the output size (e.g. from Dual Encoder Interpolate, or an empty latent).")),
+                io.Combo.Input("start", options=["noise", "cond"], default="noise", tooltip=(
+                    "noise = start from pure noise; cond = start from the condition latent diffused to t=999 "
+                    "(DiffBIR's 'better start'; needs the condition input).")),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed."),
+                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Sampling steps (DiffBIR: 50)."),
+                io.Float.Input("cfg", default=4.0, min=0.0, max=30.0, step=0.1, round=0.01, tooltip=(
+                    "Classifier-free guidance scale (DiffBIR v2: 4; AdaptBIR: 1).")),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="ddpm", tooltip=(
+                    "ComfyUI sampler. ddpm + diffbir_spaced = DiffBIR's spaced sampler.")),
+                io.Combo.Input("scheduler", options=[SPACED, *comfy.samplers.KSampler.SCHEDULERS], default=SPACED,
+                               tooltip="diffbir_spaced = IDDPM respacing as in DiffBIR; or any ComfyUI scheduler."),
+                io.Float.Input("guidance_scale", default=0.0, min=0.0, max=100.0, step=0.01, tooltip=(
+                    "Restoration guidance strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). "
+                    "0 = off (identical to plain sampling); 0.5 gives smoother, more faithful results.")),
+                io.Int.Input("g_start", default=1001, min=-1, max=1001, tooltip=(
+                    "Guidance acts while g_stop < t + 1 < g_start, t the model timestep (999 = first step).")),
+                io.Int.Input("g_stop", default=-1, min=-1, max=1001, tooltip="End of the guidance window (-1 = to the end)."),
+                io.Int.Input("g_repeat", default=1, min=1, max=20, tooltip="Guidance updates per step."),
+                io.Combo.Input("g_space", options=SPACES, default="rgb", tooltip=(
+                    "rgb = compare decoded images (backpropagates through the VAE decoder; exact, more memory); "
+                    "latent = compare latents (cheap).")),
+                io.Combo.Input("g_loss", options=LOSSES, default="w_mse", tooltip=(
+                    "w_mse = Sobel-weighted MSE (region-adaptive, DiffBIR's default); mse = plain MSE.")),
+                io.Int.Input("block_size", default=2, min=1, max=64, tooltip=(
+                    "Block size in pixels of the edge-strength map for w_mse (DiffBIR's code: 2).")),
+                RestoreCondition.Input("condition", optional=True, tooltip=(
+                    "Condition from Dual Encoder Interpolate / Apply IRControlNet: its image is the default guide "
+                    "and its latent the 'cond' start.")),
+                io.Image.Input("guide_image", optional=True, tooltip=(
+                    "Guide image (the stage-1 result); overrides the condition's image. Same size as the output "
+                    "(before or after padding to 64).")),
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
+        if g_stop >= g_start:
+            return f"g_stop ({g_stop}) must be below g_start ({g_start})"
+        return True
+
+    @classmethod
+    def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
+                sampler_name="ddpm", scheduler=SPACED, guidance_scale=0.0, g_start=1001, g_stop=-1, g_repeat=1,
+                g_space="rgb", g_loss="w_mse", block_size=2, condition=None, guide_image=None) -> io.NodeOutput:
+        import comfy.sample
+        import comfy.samplers
+        import latent_preview
+
+        latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        if not bool(torch.isfinite(latent).all()):
+            raise PackError("latent_image: expected finite values, found NaN or inf")
+        if scheduler == SPACED:
+            sigmas = diffbir_sigmas(model, steps)
+        else:
+            sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), scheduler, steps).cpu()
+
+        m = model
+        if guidance_scale > 0:
+            try:
+                guide = _guide_bchw(guide_image, condition, latent)
+            except ValueError as e:
+                raise PackError(str(e)) from None
+            if guide is None:
+                raise PackError("guide_image/condition: guidance_scale > 0 needs a guide image or a condition, "
+                                "found neither")
+            if guide.shape[0] not in (1, latent.shape[0]):
+                raise PackError(f"guide_image: expected 1 or {latent.shape[0]} images (the latent batch), "
+                                f"found {guide.shape[0]}")
+            m = apply_guidance(model, RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat,
+                                                          g_space, g_loss, block_size))
+
+        batch_inds = latent_image.get("batch_index")
+        noise = comfy.sample.prepare_noise(latent, seed, batch_inds)
+        if start == "cond":
+            if condition is None:
+                raise PackError("condition: start 'cond' needs the condition input, found none")
+            lf = model.get_model_object("latent_format")
+            c = lf.process_in(condition["samples"].float())
+            if c.shape != latent.shape:
+                raise PackError(f"condition: expected a latent of shape {tuple(latent.shape)}, found {tuple(c.shape)}")
+            x_t = q_sample_start(c, noise, model_alphas_cumprod(model), t=999)
+            latent, noise = lf.process_out(x_t), torch.zeros_like(noise)
+
+        callback = latent_preview.prepare_callback(m, len(sigmas) - 1)
+        samples = comfy.sample.sample_custom(
+            m, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, latent,
+            noise_mask=latent_image.get("noise_mask"), callback=callback, disable_pbar=True, seed=seed)
+        out = latent_image.copy()
+        out["samples"] = samples
+        out.pop("downscale_ratio_spacial", None)
+        return io.NodeOutput(out)
+
+
+class ColorFix(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIR_ColorFix",
+            display_name="Colour Fix (wavelet / AdaIN)",
+            category=CAT_IMAGE,
+            description=(
+                "Corrects colour shifts of the diffusion result using the stage-1 image, as DiffBIR and SUPIR do: "
+                "wavelet keeps the result's fine detail and takes the low-frequency colour from the reference; "
+                "AdaIN matches each channel's mean and spread."),
+            inputs=[
+                io.Image.Input("image", tooltip="The decoded diffusion result."),
+                io.Image.Input("reference", tooltip=(
+                    "The stage-1 (cleaned) image; resized to the image's size if it differs.")),
+                io.Combo.Input("method", options=["wavelet", "adain"], default="wavelet", tooltip=(
+                    "wavelet (DiffBIR's default): 5-level low band from the reference; adain: per-channel "
+                    "mean/std matching.")),
+            ],
+            outputs=[io.Image.Output("fixed", tooltip="The colour-corrected image, same size as the input.")],
+        )
+
+    @classmethod
+    def execute(cls, image, reference, method="wavelet") -> io.NodeOutput:
+        try:
+            x = to_rgb_bchw(image, "image")
+            r = to_rgb_bchw(reference, "reference")
+        except ValueError as e:
+            raise PackError(str(e)) from None
+        if r.shape[0] not in (1, x.shape[0]):
+            raise PackError(f"reference: expected 1 or {x.shape[0]} images, found {r.shape[0]}")
+        r = r.expand(x.shape[0], -1, -1, -1)
+        if r.shape[-2:] != x.shape[-2:]:
+            r = torch.nn.functional.interpolate(r, size=x.shape[-2:], mode="bicubic", antialias=True,
+                                                align_corners=False).clamp(0, 1)
+        fn = colorfix.wavelet_color_fix if method == "wavelet" else colorfix.adain_color_fix
+        out = fn(x, r).permute(0, 2, 3, 1).contiguous()
+        if image.shape[-1] == 4:  # keep the alpha channel
+            out = torch.cat([out, image[..., 3:].to(out)], dim=-1)
+        check_image_bhwc(out, "fixed")
+        return io.NodeOutput(out)
+
+
+NODES = [SpacedDDPMScheduler, RestorationGuidanceSampler, ColorFix]

@@ -1,0 +1,137 @@
+"""DiffBIR sampling in ComfyUI: spaced schedule, guidance patch and sampler node, colour fix; the full chain."""
+
+import pytest
+import torch
+
+from modules.guidance import sobel_weight_map
+from modules.schedules import scaled_linear_alphas_cumprod, space_timesteps, timesteps_from_sigmas
+from tests.comfy.conftest import image_node, sample_images
+from tests.comfy.test_ircontrolnet import irc_file  # noqa: F401  (fixture)
+from tests.support.comfy_host import ExecutionFailed
+
+
+def sampler_graph(tiny, irc, image, scale=0.0, space="rgb", start="noise", steps=4, sampler="ddpm",
+                  scheduler="diffbir_spaced", cfg=4.0, g_loss="w_mse"):
+    return {
+        "1": image_node(tiny, "guide", image),
+        "2": {"class_type": "AdaptBIRTest_TinyCheckpoint", "inputs": {"kind": "sd2-eps", "seed": 0}},
+        "3": {"class_type": "AdaptBIRTest_TinyConditioning", "inputs": {"text": "", "seed": 0, "sdxl": False}},
+        "4": {"class_type": "AdaptBIRTest_TinyConditioning", "inputs": {"text": "low quality", "seed": 0,
+                                                                        "sdxl": False}},
+        "5": {"class_type": "AdaptBIR_IRControlNetLoader", "inputs": {"control_net_name": irc}},
+        "6": {"class_type": "AdaptBIR_ApplyIRControlNet", "inputs": {
+            "positive": ["3", 0], "negative": ["4", 0], "control_net": ["5", 0], "strength": 1.0,
+            "start_percent": 0.0, "end_percent": 1.0, "hint_convention": "auto", "image": ["1", 0],
+            "vae": ["2", 1]}},
+        "7": {"class_type": "EmptyLatentImage", "inputs": {"width": image.shape[2], "height": image.shape[1],
+                                                          "batch_size": image.shape[0]}},
+        "8": {"class_type": "AdaptBIR_RestorationGuidanceSampler", "inputs": {
+            "model": ["2", 0], "positive": ["6", 0], "negative": ["6", 1], "vae": ["2", 1], "latent_image": ["7", 0],
+            "start": start, "seed": 7, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+            "guidance_scale": scale, "g_start": 1001, "g_stop": -1, "g_repeat": 1, "g_space": space,
+            "g_loss": g_loss, "block_size": 2, "condition": ["6", 2]}},
+        "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["2", 1]}},
+        "10": {"class_type": "AdaptBIR_ColorFix", "inputs": {"image": ["9", 0], "reference": ["1", 0],
+                                                             "method": "wavelet"}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["10", 0]}},
+    }
+
+
+def run(host, prompt):
+    ex = host.run(prompt)
+    return host.output(ex, "8", 0)["samples"], host.output(ex, "9", 0), ex
+
+
+def weighted_mse(decoded, guide):
+    g = guide.permute(0, 3, 1, 2)
+    w = sobel_weight_map(g)
+    return float((w * (decoded.permute(0, 3, 1, 2) - g) ** 2).mean())
+
+
+def test_spaced_scheduler_node_matches_iddpm(host, tiny):
+    for steps in (10, 50):
+        p = {"1": {"class_type": "AdaptBIRTest_TinyCheckpoint", "inputs": {"kind": "sd2-eps", "seed": 0}},
+             "2": {"class_type": "AdaptBIR_SpacedDDPMScheduler", "inputs": {"model": ["1", 0], "steps": steps}},
+             "3": {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["2", 0]}}}
+        sigmas = host.output(host.run(p), "2", 0)
+        abar = scaled_linear_alphas_cumprod()
+        ts = timesteps_from_sigmas(sigmas, abar)
+        assert ts.tolist() == sorted(space_timesteps(1000, str(steps)), reverse=True)
+        assert len(sigmas) == steps + 1 and sigmas[-1] == 0
+
+
+def test_full_diffbir_chain_runs_and_scale_zero_is_bit_identical_to_plain_sampling(host, tiny, irc_file):
+    img = sample_images(1, 64, 64)
+    lat0, dec0, ex = run(host, sampler_graph(tiny, irc_file, img, scale=0.0))
+    assert host.ui(ex, "11")["images"]
+    plain = sampler_graph(tiny, irc_file, img)
+    plain["8"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["2", 0], "add_noise": True, "noise_seed": 7, "cfg": 4.0, "positive": ["6", 0],
+        "negative": ["6", 1], "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["7", 0]}}
+    plain["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddpm"}}
+    plain["13"] = {"class_type": "AdaptBIR_SpacedDDPMScheduler", "inputs": {"model": ["2", 0], "steps": 4}}
+    lat_plain, _, _ = run(host, plain)
+    assert torch.equal(lat0, lat_plain)
+
+
+@pytest.mark.parametrize("space", ["rgb", "latent"])
+def test_raising_the_guidance_scale_lowers_the_guided_error(host, tiny, irc_file, space):
+    """rgb: the Sobel-weighted MSE of the decoded output to the guide; latent: the MSE of the output latent to the
+    guide's latent (what latent-space guidance optimises; a tiny random VAE does not reproduce images).
+
+    DiffBIR's loss is a mean over pixels, so the same scale takes steps (512/64)^2 = 64 times larger at 64 px
+    than at DiffBIR's 512 px; the scales 0, 0.5, 1, 2 are divided by 64 to behave as at 512 px."""
+    img = sample_images(1, 64, 64)
+    target = tiny.tiny_vae(0).encode(img)
+    errs = []
+    for scale in (0.0, 0.5 / 64, 1.0 / 64, 2.0 / 64):
+        latent, decoded, _ = run(host, sampler_graph(tiny, irc_file, img, scale=scale, space=space))
+        errs.append(weighted_mse(decoded, img) if space == "rgb" else float(((latent - target) ** 2).mean()))
+    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+
+
+def test_cond_start_and_other_samplers(host, tiny, irc_file):
+    img = sample_images(2, 64, 64)
+    a, _, _ = run(host, sampler_graph(tiny, irc_file, img, start="cond"))
+    b, _, _ = run(host, sampler_graph(tiny, irc_file, img, start="noise"))
+    assert torch.isfinite(a).all() and not torch.allclose(a, b)
+    c, _, _ = run(host, sampler_graph(tiny, irc_file, img, scale=0.5, sampler="euler", scheduler="karras",
+                                      g_loss="mse"))
+    assert torch.isfinite(c).all()
+
+
+def test_guidance_without_guide_is_refused(host, tiny, irc_file):
+    p = sampler_graph(tiny, irc_file, sample_images(1, 64, 64), scale=1.0)
+    del p["8"]["inputs"]["condition"]
+    with pytest.raises(ExecutionFailed, match="needs a guide image or a condition"):
+        host.run(p)
+
+
+def test_guide_of_another_size_is_refused(host, tiny, irc_file):
+    p = sampler_graph(tiny, irc_file, sample_images(1, 64, 64), scale=1.0)
+    tiny.IMAGES["small"] = sample_images(1, 128, 128)
+    p["20"] = {"class_type": "AdaptBIRTest_Image", "inputs": {"name": "small"}}
+    p["8"]["inputs"]["guide_image"] = ["20", 0]
+    with pytest.raises(ExecutionFailed, match="guide_image: expected the size"):
+        host.run(p)
+
+
+def test_the_callers_vae_is_left_as_it_was(host, tiny, irc_file):
+    img = sample_images(1, 64, 64)
+    ex = host.run(sampler_graph(tiny, irc_file, img, scale=1.0))
+    vae = host.output(ex, "2", 1)
+    fresh = tiny.tiny_vae(0).first_stage_model
+    for (name, p), q in zip(vae.first_stage_model.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q) and p.requires_grad == q.requires_grad, name
+
+
+def test_colour_fix_takes_low_frequencies_from_the_reference(host, tiny):
+    img = sample_images(1, 64, 64)
+    ref = torch.full_like(img, 0.25)
+    tiny.IMAGES["ref"] = ref
+    p = {"1": image_node(tiny, "img", img), "2": {"class_type": "AdaptBIRTest_Image", "inputs": {"name": "ref"}},
+         "3": {"class_type": "AdaptBIR_ColorFix", "inputs": {"image": ["1", 0], "reference": ["2", 0],
+                                                            "method": "adain"}},
+         "4": {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["3", 0]}}}
+    out = host.output(host.run(p), "3", 0)
+    assert out.shape == img.shape and abs(float(out.mean()) - 0.25) < 0.02
