@@ -30,7 +30,7 @@ import math
 from collections.abc import Mapping
 
 import torch
-import torch.nn as nn
+from torch import nn
 import torch.nn.functional as F
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -406,7 +406,7 @@ class SwinIR(nn.Module):
             "num_feat": int(num_feat), "img_size": int(img_size), "resi_connection": resi_connection,
             "patch_norm": bool(patch_norm), "qkv_bias": bool(qkv_bias)}
         # As in SwinIR: a training size not larger than the window means one window and no shifting.
-        ws = window_size if img_size > window_size else img_size
+        ws = min(img_size, window_size)
         shift = ws // 2 if img_size > window_size else 0
         self.window_size = ws
         self.shift_size = shift

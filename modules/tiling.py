@@ -18,7 +18,7 @@ and the identity comes back bit for bit. A tile that covers the whole image retu
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

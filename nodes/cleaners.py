@@ -107,8 +107,9 @@ def load_restorer(name: str, precision: str = "auto"):
 
     path = model_file_path(RESTORER_FOLDER, name)
     keys = _peek_safetensors_keys(path)
+    pre = "preprocess_model."  # DiffBIR v1 full checkpoints carry the restorer under this prefix
     if keys is not None and not is_diffbir_swinir_keys(keys) \
-            and not is_diffbir_swinir_keys(k[len("preprocess_model."):] for k in keys):
+            and not is_diffbir_swinir_keys(k[len(pre):] for k in keys if k.startswith(pre)):
         raise _refuse(name, keys)  # refused from the header alone: a wrong multi-GB file is not read
     sd = load_weights(path, WHAT)
     flat = normalize_swinir_state_dict(sd)
@@ -353,9 +354,9 @@ class Stage1Restore(io.ComfyNode):
     def validate_inputs(cls, output_scale=1.0, tile_size=512, tile_stride=256, **kwargs):
         if isinstance(output_scale, (int, float)) and not output_scale > 0:
             return f"output_scale: expected a value > 0, found {output_scale}"
-        if isinstance(tile_size, int) and isinstance(tile_stride, int) and tile_size > 0:
-            if not 1 <= tile_stride <= tile_size:
-                return f"tile_stride: expected 1 .. tile_size ({tile_size}), found {tile_stride}"
+        if isinstance(tile_size, int) and isinstance(tile_stride, int) and tile_size > 0 \
+                and not 1 <= tile_stride <= tile_size:
+            return f"tile_stride: expected 1 .. tile_size ({tile_size}), found {tile_stride}"
         return True
 
     @classmethod

@@ -135,3 +135,28 @@ def test_colour_fix_takes_low_frequencies_from_the_reference(host, tiny):
          "4": {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["3", 0]}}}
     out = host.output(host.run(p), "3", 0)
     assert out.shape == img.shape and abs(float(out.mean()) - 0.25) < 0.02
+
+
+def test_posterior_mean_moves_by_exactly_delta_on_comfyuis_ddpm_step(host):
+    """Moving x0 by Δ/c1 moves the mean of ComfyUI's own DDPM step (no noise) by exactly Δ (in x_t units)."""
+    from comfy.k_diffusion.sampling import DDPMSampler_step
+
+    from modules.guidance import apply_guidance_step
+    from modules.schedules import posterior_mean_coef1, spaced_sigmas
+
+    sig = spaced_sigmas(scaled_linear_alphas_cumprod(), 10).double()
+    g = torch.Generator().manual_seed(0)
+    for i in (0, 4, 8):
+        s, s_next = sig[i], sig[i + 1]
+        x0 = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
+        x = x0 + s * torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)  # ComfyUI's scaled x
+        grad = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
+        c1 = posterior_mean_coef1(s, s_next)
+        x0_new = apply_guidance_step(x0, grad, 0.5, c1)
+        delta = -(0.5 * 3000) * grad
+
+        def mean(d):
+            return DDPMSampler_step(x / torch.sqrt(1 + s ** 2), s, s_next, (x - d) / s, lambda *a: 0.0)
+
+        shift = mean(x0_new) - mean(x0)
+        assert torch.allclose(shift, delta, rtol=1e-9, atol=1e-9 * float(delta.abs().max()))

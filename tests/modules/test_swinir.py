@@ -102,7 +102,8 @@ def test_bfloat16_forward_runs(tiny):
     assert y.dtype == torch.bfloat16 and (y.float() - ref).abs().max() < 0.25 * ref.abs().max()
 
 
-@pytest.mark.parametrize("bad", [torch.rand(1, 4, 8, 8), torch.rand(3, 8, 8), torch.zeros(1, 3, 8, 8, dtype=torch.int64)])
+@pytest.mark.parametrize("bad", [torch.rand(1, 4, 8, 8), torch.rand(3, 8, 8),
+                                 torch.zeros(1, 3, 8, 8, dtype=torch.int64)])
 def test_bad_input_is_refused(tiny, bad):
     with pytest.raises(ValueError, match="x: expected"):
         tiny(bad)
