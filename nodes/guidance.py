@@ -64,12 +64,18 @@ class RestorationGuidance:
 
     def __init__(self, vae, guide, scale, g_start=1001, g_stop=-1, repeat=1, space="rgb", loss="w_mse",
                  block_size=2):
-        self.vae, self.guide, self.scale = vae, guide, float(scale)
+        self.vae, self.raw_guide, self.scale = vae, guide, float(scale)
         self.g_start, self.g_stop, self.repeat = int(g_start), int(g_stop), int(repeat)
         self.space, self.loss, self.block_size = space, loss, int(block_size)
-        self.weight = g.sobel_weight_map(guide, self.block_size) if loss == "w_mse" else None
+        self.guide = self.weight = None  # fitted to the latent's size at the first guided step
         self._decoder = None
         self._latent_target = None
+
+    def _fit(self, height: int, width: int):
+        if self.guide is None or tuple(self.guide.shape[-2:]) != (height, width):
+            self.guide = fit_guide(self.raw_guide, height, width)
+            self.weight = g.sobel_weight_map(self.guide, self.block_size) if self.loss == "w_mse" else None
+            self._latent_target = None
 
     def _decode_fn(self, latent_format, device):
         if self._decoder is None:
@@ -100,6 +106,10 @@ class RestorationGuidance:
         sigma_next = _next_sigma(args, float(sigma[0]))
         coef1 = posterior_mean_coef1(sigma.double().cpu(), torch.full_like(sigma.double().cpu(), sigma_next))
         device = x0.device
+        self._fit(x0.shape[-2] * 8, x0.shape[-1] * 8)
+        if self.guide.shape[0] not in (1, x0.shape[0]):
+            raise PackError(f"guide_image: expected 1 or {x0.shape[0]} images (the latent batch), found "
+                            f"{self.guide.shape[0]}")
         if self.space == "rgb":
             target = self.guide.to(device) * 2 - 1
             decode = self._decode_fn(model.latent_format, device)
@@ -111,9 +121,6 @@ class RestorationGuidance:
         if target.shape[0] == 1 and x0.shape[0] > 1:
             target = target.expand(x0.shape[0], -1, -1, -1)
             weight = None if weight is None else weight.expand(x0.shape[0], -1, -1, -1)
-        if target.shape[0] != x0.shape[0] or target.shape[-2:] != _decoded_size(x0, decode is _identity):
-            raise PackError(f"guide_image: expected {x0.shape[0]} (or 1) images of {_decoded_size(x0, decode is _identity)}"
-                            f" pixels matching the latent, found {tuple(target.shape)}")
         out = g.guided_x0(x0.float(), target.float(), decode, self.scale, coef1.to(device=device, dtype=torch.float32),
                           weight=weight, repeat=self.repeat)
         return out.to(x0.dtype)
@@ -123,8 +130,16 @@ def _identity(x):
     return x
 
 
-def _decoded_size(x0, latent_space: bool):
-    return tuple(x0.shape[-2:]) if latent_space else (x0.shape[-2] * 8, x0.shape[-1] * 8)
+def fit_guide(guide: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Fit a (B,3,h,w) guide to the sampled image size: equal, or smaller by less than 64 px per side (the
+    unpadded image), then edge-padded at the bottom/right like Dual Encoder Interpolate pads what it encodes."""
+    h, w = guide.shape[-2:]
+    if h > height or w > width or height - h >= 64 or width - w >= 64:
+        raise PackError(f"guide_image: expected the size of the sampled image ({width}x{height}, or that size "
+                        f"before padding to a multiple of 64), found {w}x{h}")
+    if (h, w) == (height, width):
+        return guide
+    return torch.nn.functional.pad(guide, (0, width - w, 0, height - h), mode="replicate")
 
 
 def _next_sigma(args, sigma: float) -> float:

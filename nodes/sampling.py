@@ -9,7 +9,7 @@ from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc, to_rgb_bchw
 from ..modules.schedules import q_sample_start, spaced_sigmas
 from .common import CAT_IMAGE, PackError, RestoreCondition
-from .guidance import LOSSES, SPACES, RestorationGuidance, apply_guidance
+from .guidance import LOSSES, SPACES, RestorationGuidance, apply_guidance, fit_guide
 
 CAT_SAMPLING = "restoration/sampling"
 SPACED = "diffbir_spaced"
@@ -51,19 +51,11 @@ class SpacedDDPMScheduler(io.ComfyNode):
         return io.NodeOutput(diffbir_sigmas(model, steps))
 
 
-def _guide_bchw(guide_image, condition, latent) -> torch.Tensor | None:
-    """Guide image as (B,3,8h,8w) [0,1]: the given image (edge-padded to the latent's size) or the condition's."""
-    if guide_image is None:
-        return None if condition is None else to_rgb_bchw(condition["image"], "condition.image")
-    g = to_rgb_bchw(guide_image, "guide_image")
-    H, W = latent.shape[-2] * 8, latent.shape[-1] * 8
-    if g.shape[-2] > H or g.shape[-1] > W or H - g.shape[-2] >= 64 or W - g.shape[-1] >= 64:
-        raise PackError(f"guide_image: expected the size of the sampled image ({W}x{H}, or that size before "
-                        f"padding to a multiple of 64), found {g.shape[-1]}x{g.shape[-2]}")
-    if (g.shape[-2], g.shape[-1]) == (H, W):
-        return g
-    # the same bottom/right edge padding Dual Encoder Interpolate applies to the image it encodes
-    return torch.nn.functional.pad(g, (0, W - g.shape[-1], 0, H - g.shape[-2]), mode="replicate")
+def _guide_bchw(guide_image, condition) -> torch.Tensor | None:
+    """Guide image as (B,3,H,W) [0,1]: the given image, else the condition's (padded) image, else None."""
+    if guide_image is not None:
+        return to_rgb_bchw(guide_image, "guide_image")
+    return None if condition is None else to_rgb_bchw(condition["image"], "condition.image")
 
 
 class RestorationGuidanceSampler(io.ComfyNode):
@@ -148,7 +140,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
         m = model
         if guidance_scale > 0:
             try:
-                guide = _guide_bchw(guide_image, condition, latent)
+                guide = _guide_bchw(guide_image, condition)
             except ValueError as e:
                 raise PackError(str(e)) from None
             if guide is None:
@@ -157,6 +149,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
             if guide.shape[0] not in (1, latent.shape[0]):
                 raise PackError(f"guide_image: expected 1 or {latent.shape[0]} images (the latent batch), "
                                 f"found {guide.shape[0]}")
+            fit_guide(guide, latent.shape[-2] * 8, latent.shape[-1] * 8)  # size errors before sampling starts
             m = apply_guidance(model, RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat,
                                                           g_space, g_loss, block_size))
 
@@ -180,6 +173,58 @@ class RestorationGuidanceSampler(io.ComfyNode):
         out["samples"] = samples
         out.pop("downscale_ratio_spacial", None)
         return io.NodeOutput(out)
+
+
+class ApplyRestorationGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIR_ApplyRestorationGuidance",
+            display_name="Apply Restoration Guidance (model patch)",
+            category=CAT_SAMPLING,
+            description=(
+                "DiffBIR's region-adaptive restoration guidance as a model patch, for the stock KSampler, "
+                "SamplerCustom or any other sampler: each step's predicted image is pulled toward the guide. "
+                "Returns a patched copy of the model; the input model is not changed. The guide must have the "
+                "sampled image's size (before or after padding to 64)."),
+            inputs=[
+                io.Model.Input("model", tooltip="The model to patch (SD 2.1 with IRControlNet conditioning)."),
+                io.Vae.Input("vae", tooltip="The SD VAE, to decode predictions (rgb) or encode the guide (latent)."),
+                io.Image.Input("guide_image", tooltip="The guide: the stage-1 (cleaned) image."),
+                io.Float.Input("guidance_scale", default=0.5, min=0.0, max=100.0, step=0.01, tooltip=(
+                    "Strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). 0 = the model is "
+                    "returned unpatched.")),
+                io.Int.Input("g_start", default=1001, min=-1, max=1001, tooltip=(
+                    "Guidance acts while g_stop < t + 1 < g_start, t the model timestep (999 = first step).")),
+                io.Int.Input("g_stop", default=-1, min=-1, max=1001, tooltip="End of the window (-1 = to the end)."),
+                io.Int.Input("g_repeat", default=1, min=1, max=20, tooltip="Guidance updates per step."),
+                io.Combo.Input("g_space", options=SPACES, default="rgb", tooltip=(
+                    "rgb = through the VAE decoder (exact, more memory); latent = compare latents (cheap).")),
+                io.Combo.Input("g_loss", options=LOSSES, default="w_mse", tooltip=(
+                    "w_mse = Sobel-weighted MSE (region-adaptive); mse = plain MSE.")),
+                io.Int.Input("block_size", default=2, min=1, max=64, tooltip="Edge-map block size for w_mse."),
+            ],
+            outputs=[io.Model.Output("patched_model", tooltip="A copy of the model with the guidance patch.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
+        if g_stop >= g_start:
+            return f"g_stop ({g_stop}) must be below g_start ({g_start})"
+        return True
+
+    @classmethod
+    def execute(cls, model, vae, guide_image, guidance_scale=0.5, g_start=1001, g_stop=-1, g_repeat=1,
+                g_space="rgb", g_loss="w_mse", block_size=2) -> io.NodeOutput:
+        if guidance_scale == 0:
+            return io.NodeOutput(model.clone())
+        try:
+            guide = to_rgb_bchw(guide_image, "guide_image")
+        except ValueError as e:
+            raise PackError(str(e)) from None
+        patch = RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat, g_space, g_loss,
+                                    block_size)
+        return io.NodeOutput(apply_guidance(model, patch))
 
 
 class ColorFix(io.ComfyNode):
@@ -225,4 +270,4 @@ class ColorFix(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-NODES = [SpacedDDPMScheduler, RestorationGuidanceSampler, ColorFix]
+NODES = [SpacedDDPMScheduler, RestorationGuidanceSampler, ApplyRestorationGuidance, ColorFix]

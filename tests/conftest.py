@@ -12,6 +12,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_report_header(config):
+    from tests.support.comfy_host import comfyui_path
+
+    import re
+
+    path = comfyui_path()
+    m = re.search(r'__version__\s*=\s*"([^"]+)"', (path / "comfyui_version.py").read_text())
+    return f"ComfyUI host: {m.group(1) if m else 'unknown version'} at {path}"
+
+
 @pytest.fixture(scope="session")
 def host(tmp_path_factory):
     """ComfyUI (0.3.75 or COMFYUI_PATH) imported once, with the pack loaded through its custom-node loader."""

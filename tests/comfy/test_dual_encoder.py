@@ -140,3 +140,26 @@ def test_inputs_are_not_mutated(host, tiny, img):
     before = img.clone()
     run_dual(host, tiny, img, k=0.5)
     assert torch.equal(img, before)
+
+
+@pytest.mark.parametrize("kind", ["sd2-eps", "sd2-v", "sd2-v-zsnr", "sdxl"])
+def test_tiny_models_sample_through_ksampler(host, tiny, kind):
+    """The harness's tiny models are real ComfyUI models: each kind samples and decodes through the executor."""
+    sdxl = kind == "sdxl"
+    p = {"1": {"class_type": "AdaptBIRTest_TinyCheckpoint", "inputs": {"kind": kind, "seed": 0}},
+         "2": {"class_type": "AdaptBIRTest_TinyConditioning", "inputs": {"text": "x", "seed": 0, "sdxl": sdxl}},
+         "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+         "4": {"class_type": "KSampler", "inputs": {
+             "model": ["1", 0], "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0], "seed": 1,
+             "steps": 2, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+         "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 1]}},
+         "6": {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["5", 0]}}}
+    ex = host.run(p)
+    model = host.output(ex, "1", 0)
+    ms = model.get_model_object("model_sampling")
+    assert type(model.model).__name__ == ("SDXL" if sdxl else "BaseModel")
+    assert ("V_PREDICTION" in type(ms).__mro__[1].__name__ or "V_PREDICTION" in str(type(ms).__mro__)) == \
+        kind.startswith("sd2-v")
+    if kind == "sd2-v-zsnr":
+        assert float(ms.sigmas[-1]) > 1000  # zero terminal SNR, clamped as ComfyUI does
+    assert torch.isfinite(host.output(ex, "5", 0)).all()

@@ -6,6 +6,8 @@ import torch
 from modules.guidance import sobel_weight_map
 from modules.schedules import scaled_linear_alphas_cumprod, space_timesteps, timesteps_from_sigmas
 from tests.comfy.conftest import image_node, sample_images
+from tests.comfy.test_cleaners import SWINIR
+from tests.comfy.test_cleaners import files as swinir_files  # noqa: F401  (fixture)
 from tests.comfy.test_ircontrolnet import irc_file  # noqa: F401  (fixture)
 from tests.support.comfy_host import ExecutionFailed
 
@@ -60,10 +62,29 @@ def test_spaced_scheduler_node_matches_iddpm(host, tiny):
         assert len(sigmas) == steps + 1 and sigmas[-1] == 0
 
 
-def test_full_diffbir_chain_runs_and_scale_zero_is_bit_identical_to_plain_sampling(host, tiny, irc_file):
+def with_cleaner(prompt):
+    """Insert DiffBIR's stage 1 (a SwinIR restorer) between the input image and everything that used it."""
+    prompt["30"] = {"class_type": "AdaptBIR_RestorerLoader", "inputs": {"restorer_name": SWINIR, "precision": "auto"}}
+    prompt["31"] = {"class_type": "AdaptBIR_Stage1Restore", "inputs": {
+        "image": ["1", 0], "restorer": ["30", 0], "output_scale": 1.0, "tile_size": 0, "tile_stride": 256}}
+    for nid in ("6", "10"):
+        for key, val in prompt[nid]["inputs"].items():
+            if val == ["1", 0]:
+                prompt[nid]["inputs"][key] = ["31", 0]
+    return prompt
+
+
+def test_cleaner_irc_guidance_sampler_decode_colourfix_chain(host, tiny, irc_file, swinir_files):
+    img = sample_images(1, 64, 64)
+    _, decoded, ex = run(host, with_cleaner(sampler_graph(tiny, irc_file, img, scale=0.5 / 64)))
+    fixed = host.output(ex, "10", 0)
+    assert decoded.shape == fixed.shape == (1, 64, 64, 3) and torch.isfinite(fixed).all()
+    assert host.ui(ex, "11")["images"]
+
+
+def test_scale_zero_is_bit_identical_to_plain_sampling(host, tiny, irc_file):
     img = sample_images(1, 64, 64)
     lat0, dec0, ex = run(host, sampler_graph(tiny, irc_file, img, scale=0.0))
-    assert host.ui(ex, "11")["images"]
     plain = sampler_graph(tiny, irc_file, img)
     plain["8"] = {"class_type": "SamplerCustom", "inputs": {
         "model": ["2", 0], "add_noise": True, "noise_seed": 7, "cfg": 4.0, "positive": ["6", 0],
@@ -82,7 +103,7 @@ def test_raising_the_guidance_scale_lowers_the_guided_error(host, tiny, irc_file
     DiffBIR's loss is a mean over pixels, so the same scale takes steps (512/64)^2 = 64 times larger at 64 px
     than at DiffBIR's 512 px; the scales 0, 0.5, 1, 2 are divided by 64 to behave as at 512 px."""
     img = sample_images(1, 64, 64)
-    target = tiny.tiny_vae(0).encode(img)
+    target = tiny.tiny_vae(0).encode(img).detach()
     errs = []
     for scale in (0.0, 0.5 / 64, 1.0 / 64, 2.0 / 64):
         latent, decoded, _ = run(host, sampler_graph(tiny, irc_file, img, scale=scale, space=space))
@@ -160,3 +181,34 @@ def test_posterior_mean_moves_by_exactly_delta_on_comfyuis_ddpm_step(host):
 
         shift = mean(x0_new) - mean(x0)
         assert torch.allclose(shift, delta, rtol=1e-9, atol=1e-9 * float(delta.abs().max()))
+
+
+def test_guidance_patch_works_with_the_stock_ksampler_and_leaves_the_model_alone(host, tiny, irc_file):
+    img = sample_images(1, 64, 64)
+
+    def graph(scale):
+        p = sampler_graph(tiny, irc_file, img)
+        p["20"] = {"class_type": "AdaptBIR_ApplyRestorationGuidance", "inputs": {
+            "model": ["2", 0], "vae": ["2", 1], "guide_image": ["1", 0], "guidance_scale": scale, "g_start": 1001,
+            "g_stop": -1, "g_repeat": 1, "g_space": "rgb", "g_loss": "w_mse", "block_size": 2}}
+        p["8"] = {"class_type": "KSampler", "inputs": {
+            "model": ["20", 0], "positive": ["6", 0], "negative": ["6", 1], "latent_image": ["7", 0], "seed": 7,
+            "steps": 4, "cfg": 4.0, "sampler_name": "ddpm", "scheduler": "simple", "denoise": 1.0}}
+        return p
+
+    lat0, dec0, ex0 = run(host, graph(0.0))
+    lat1, dec1, ex1 = run(host, graph(1.0 / 64))
+    model_in, model_out = host.output(ex1, "2", 0), host.output(ex1, "20", 0)
+    assert model_out is not model_in
+    assert not model_in.model_options.get("sampler_post_cfg_function")
+    assert len(model_out.model_options["sampler_post_cfg_function"]) == 1
+    assert weighted_mse(dec1, img) < weighted_mse(dec0, img)
+
+
+def test_guide_for_the_unpadded_image_is_edge_padded(host, tiny, irc_file):
+    img = sample_images(1, 37, 53)  # the sampled latent is 64x64 (padded), the guide is the original image
+    p = sampler_graph(tiny, irc_file, img, scale=0.5 / 64)
+    p["7"]["inputs"].update(width=64, height=64)
+    p["8"]["inputs"]["guide_image"] = ["1", 0]
+    lat, dec, _ = run(host, p)
+    assert dec.shape == (1, 64, 64, 3) and torch.isfinite(lat).all()
