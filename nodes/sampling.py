@@ -29,6 +29,32 @@ def diffbir_sigmas(model, steps: int) -> torch.Tensor:
     return spaced_sigmas(model_alphas_cumprod(model), steps)
 
 
+def guidance_inputs(default_scale: float) -> list:
+    """The restoration-guidance widgets shared by the sampler and the model-patch node (ids are permanent)."""
+    return [
+        io.Float.Input("guidance_scale", default=default_scale, min=0.0, max=100.0, step=0.01, tooltip=(
+            "Restoration guidance strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). 0 = off "
+            "(identical to plain sampling); DiffBIR suggests 0.5 for smoother, more faithful results.")),
+        io.Int.Input("g_start", default=1001, min=-1, max=1001, tooltip=(
+            "Guidance acts while g_stop < t + 1 < g_start, t the model timestep (999 = first step).")),
+        io.Int.Input("g_stop", default=-1, min=-1, max=1001, tooltip="End of the guidance window (-1 = to the end)."),
+        io.Int.Input("g_repeat", default=1, min=1, max=20, tooltip="Guidance updates per step."),
+        io.Combo.Input("g_space", options=SPACES, default="rgb", tooltip=(
+            "rgb = compare decoded images (backpropagates through the VAE decoder; exact, more memory); "
+            "latent = compare latents (cheap).")),
+        io.Combo.Input("g_loss", options=LOSSES, default="w_mse", tooltip=(
+            "w_mse = Sobel-weighted MSE (region-adaptive, DiffBIR's default); mse = plain MSE.")),
+        io.Int.Input("block_size", default=2, min=1, max=64, tooltip=(
+            "Block size in pixels of the edge-strength map for w_mse (DiffBIR's code: 2).")),
+    ]
+
+
+def check_window(g_start: int, g_stop: int):
+    if g_stop >= g_start:
+        return f"g_stop ({g_stop}) must be below g_start ({g_start})"
+    return True
+
+
 class SpacedDDPMScheduler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -91,20 +117,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
                     "ComfyUI sampler. ddpm + diffbir_spaced = DiffBIR's spaced sampler.")),
                 io.Combo.Input("scheduler", options=[SPACED, *comfy.samplers.KSampler.SCHEDULERS], default=SPACED,
                                tooltip="diffbir_spaced = IDDPM respacing as in DiffBIR; or any ComfyUI scheduler."),
-                io.Float.Input("guidance_scale", default=0.0, min=0.0, max=100.0, step=0.01, tooltip=(
-                    "Restoration guidance strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). "
-                    "0 = off (identical to plain sampling); 0.5 gives smoother, more faithful results.")),
-                io.Int.Input("g_start", default=1001, min=-1, max=1001, tooltip=(
-                    "Guidance acts while g_stop < t + 1 < g_start, t the model timestep (999 = first step).")),
-                io.Int.Input("g_stop", default=-1, min=-1, max=1001, tooltip="End of the guidance window (-1 = to the end)."),
-                io.Int.Input("g_repeat", default=1, min=1, max=20, tooltip="Guidance updates per step."),
-                io.Combo.Input("g_space", options=SPACES, default="rgb", tooltip=(
-                    "rgb = compare decoded images (backpropagates through the VAE decoder; exact, more memory); "
-                    "latent = compare latents (cheap).")),
-                io.Combo.Input("g_loss", options=LOSSES, default="w_mse", tooltip=(
-                    "w_mse = Sobel-weighted MSE (region-adaptive, DiffBIR's default); mse = plain MSE.")),
-                io.Int.Input("block_size", default=2, min=1, max=64, tooltip=(
-                    "Block size in pixels of the edge-strength map for w_mse (DiffBIR's code: 2).")),
+                *guidance_inputs(default_scale=0.0),
                 RestoreCondition.Input("condition", optional=True, tooltip=(
                     "Condition from Dual Encoder Interpolate / Apply IRControlNet: its image is the default guide "
                     "and its latent the 'cond' start.")),
@@ -117,9 +130,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
-        if g_stop >= g_start:
-            return f"g_stop ({g_stop}) must be below g_start ({g_start})"
-        return True
+        return check_window(g_start, g_stop)
 
     @classmethod
     def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
@@ -191,27 +202,14 @@ class ApplyRestorationGuidance(io.ComfyNode):
                 io.Model.Input("model", tooltip="The model to patch (SD 2.1 with IRControlNet conditioning)."),
                 io.Vae.Input("vae", tooltip="The SD VAE, to decode predictions (rgb) or encode the guide (latent)."),
                 io.Image.Input("guide_image", tooltip="The guide: the stage-1 (cleaned) image."),
-                io.Float.Input("guidance_scale", default=0.5, min=0.0, max=100.0, step=0.01, tooltip=(
-                    "Strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). 0 = the model is "
-                    "returned unpatched.")),
-                io.Int.Input("g_start", default=1001, min=-1, max=1001, tooltip=(
-                    "Guidance acts while g_stop < t + 1 < g_start, t the model timestep (999 = first step).")),
-                io.Int.Input("g_stop", default=-1, min=-1, max=1001, tooltip="End of the window (-1 = to the end)."),
-                io.Int.Input("g_repeat", default=1, min=1, max=20, tooltip="Guidance updates per step."),
-                io.Combo.Input("g_space", options=SPACES, default="rgb", tooltip=(
-                    "rgb = through the VAE decoder (exact, more memory); latent = compare latents (cheap).")),
-                io.Combo.Input("g_loss", options=LOSSES, default="w_mse", tooltip=(
-                    "w_mse = Sobel-weighted MSE (region-adaptive); mse = plain MSE.")),
-                io.Int.Input("block_size", default=2, min=1, max=64, tooltip="Edge-map block size for w_mse."),
+                *guidance_inputs(default_scale=0.5),
             ],
             outputs=[io.Model.Output("patched_model", tooltip="A copy of the model with the guidance patch.")],
         )
 
     @classmethod
     def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
-        if g_stop >= g_start:
-            return f"g_stop ({g_stop}) must be below g_start ({g_start})"
-        return True
+        return check_window(g_start, g_stop)
 
     @classmethod
     def execute(cls, model, vae, guide_image, guidance_scale=0.5, g_start=1001, g_stop=-1, g_repeat=1,
