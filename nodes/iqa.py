@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 
-import torch
 from comfy_api.latest import io, ui
 
 from ..modules import iqa as iqa_mod

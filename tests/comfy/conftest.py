@@ -24,6 +24,26 @@ def iqa_files(host, musiq_random_state):
     return d
 
 
+@pytest.fixture(scope="session")
+def irc_file(host, tiny):
+    """A tiny IRControlNet (DiffBIR key layout, seeded) saved in the host's models/diffbir folder."""
+    d = host.models_dir / "diffbir"
+    d.mkdir(exist_ok=True)
+    save_file(tiny.tiny_ircontrolnet_state_dict(0), str(d / "tiny_irc.safetensors"))
+    return "tiny_irc.safetensors"
+
+
+@pytest.fixture(scope="session")
+def swinir_file(host):
+    """A tiny seeded SwinIR (DiffBIR key layout) saved in the host's models/diffbir folder; returns its name."""
+    from tests.comfy.test_cleaners import SWINIR, tiny_swinir
+
+    d = host.models_dir / "diffbir"
+    d.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()}, str(d / SWINIR))
+    return SWINIR
+
+
 def image_node(tiny, name, tensor):
     tiny.IMAGES[name] = tensor
     return {"class_type": "AdaptBIRTest_Image", "inputs": {"name": name}}

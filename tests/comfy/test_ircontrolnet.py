@@ -74,14 +74,6 @@ def test_foreign_weights_are_refused(host, kind, needle, diffbir_v2_layout):
         extract_ircontrolnet(sd)
 
 
-@pytest.fixture(scope="module")
-def irc_file(host, tiny):
-    d = host.models_dir / "diffbir"
-    d.mkdir(exist_ok=True)
-    save_file(tiny.tiny_ircontrolnet_state_dict(0), str(d / "tiny_irc.safetensors"))
-    return "tiny_irc.safetensors"
-
-
 def control_graph(tiny, image, irc_file, strength=1.0, chain=False, cfg=2.0, use_condition=False):
     p = {
         "1": image_node(tiny, "irc", image),

@@ -6,9 +6,6 @@ import torch
 from modules.guidance import sobel_weight_map
 from modules.schedules import scaled_linear_alphas_cumprod, space_timesteps, timesteps_from_sigmas
 from tests.comfy.conftest import image_node, sample_images
-from tests.comfy.test_cleaners import SWINIR
-from tests.comfy.test_cleaners import files as swinir_files  # noqa: F401  (fixture)
-from tests.comfy.test_ircontrolnet import irc_file  # noqa: F401  (fixture)
 from tests.support.comfy_host import ExecutionFailed
 
 
@@ -62,9 +59,9 @@ def test_spaced_scheduler_node_matches_iddpm(host, tiny):
         assert len(sigmas) == steps + 1 and sigmas[-1] == 0
 
 
-def with_cleaner(prompt):
+def with_cleaner(prompt, restorer):
     """Insert DiffBIR's stage 1 (a SwinIR restorer) between the input image and everything that used it."""
-    prompt["30"] = {"class_type": "AdaptBIR_RestorerLoader", "inputs": {"restorer_name": SWINIR, "precision": "auto"}}
+    prompt["30"] = {"class_type": "AdaptBIR_RestorerLoader", "inputs": {"restorer_name": restorer, "precision": "auto"}}
     prompt["31"] = {"class_type": "AdaptBIR_Stage1Restore", "inputs": {
         "image": ["1", 0], "restorer": ["30", 0], "output_scale": 1.0, "tile_size": 0, "tile_stride": 256}}
     for nid in ("6", "10"):
@@ -74,9 +71,9 @@ def with_cleaner(prompt):
     return prompt
 
 
-def test_cleaner_irc_guidance_sampler_decode_colourfix_chain(host, tiny, irc_file, swinir_files):
+def test_cleaner_irc_guidance_sampler_decode_colourfix_chain(host, tiny, irc_file, swinir_file):
     img = sample_images(1, 64, 64)
-    _, decoded, ex = run(host, with_cleaner(sampler_graph(tiny, irc_file, img, scale=0.5 / 64)))
+    _, decoded, ex = run(host, with_cleaner(sampler_graph(tiny, irc_file, img, scale=0.5 / 64), swinir_file))
     fixed = host.output(ex, "10", 0)
     assert decoded.shape == fixed.shape == (1, 64, 64, 3) and torch.isfinite(fixed).all()
     assert host.ui(ex, "11")["images"]
@@ -176,7 +173,7 @@ def test_posterior_mean_moves_by_exactly_delta_on_comfyuis_ddpm_step(host):
         x0_new = apply_guidance_step(x0, grad, 0.5, c1)
         delta = -(0.5 * 3000) * grad
 
-        def mean(d):
+        def mean(d, x=x, s=s, s_next=s_next):
             return DDPMSampler_step(x / torch.sqrt(1 + s ** 2), s, s_next, (x - d) / s, lambda *a: 0.0)
 
         shift = mean(x0_new) - mean(x0)

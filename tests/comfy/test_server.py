@@ -10,7 +10,6 @@ import uuid
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -60,7 +59,8 @@ def server(tmp_path_factory, musiq_random_state):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("ComfyUI server did not start:\n" + (root / "server.log").read_text()[-4000:])
+                    raise RuntimeError("ComfyUI server did not start:\n"
+                                       + (root / "server.log").read_text()[-4000:]) from None
                 time.sleep(1)
         yield base, root
     finally:
