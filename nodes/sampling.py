@@ -182,7 +182,6 @@ class RestorationGuidanceSampler(io.ComfyNode):
             noise_mask=latent_image.get("noise_mask"), callback=callback, disable_pbar=True, seed=seed)
         out = latent_image.copy()
         out["samples"] = samples
-        out.pop("downscale_ratio_spacial", None)
         return io.NodeOutput(out)
 
 
