@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from .weights_kind import describe_weights
+
 LAYOUT_HINT = {"diffbir": "diffbir", "diffbir_full": "diffbir", "adaptbir_full": "adaptbir", "adaptbir": "adaptbir"}
 _REQUIRED = ("time_embed.0.weight", "input_blocks.0.0.weight", "zero_convs.0.0.weight", "middle_block.0.in_layers.2.weight",
              "middle_block_out.0.weight")
@@ -27,28 +29,6 @@ def unwrap_state_dict(sd: dict) -> dict:
     if any(k.startswith("module.") for k in sd):
         sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     return sd
-
-
-def describe_state_dict(sd: dict) -> str:
-    """A short human description of what a state dict looks like (for error messages)."""
-    keys = list(sd)
-    if not keys:
-        return "no tensors"
-    if any(k.startswith("model.diffusion_model.") for k in keys) and not any(k.startswith("control_model.") for k in keys):
-        if any("label_emb" in k for k in keys):
-            return "an SDXL checkpoint (UNet with label_emb, no control branch)"
-        return "a Stable Diffusion checkpoint without a control branch"
-    if any(k.startswith("input_hint_block.") or k.startswith("control_model.input_hint_block.") for k in keys):
-        if any("label_emb" in k for k in keys):
-            return "a standard SDXL ControlNet (with a hint block)"
-        return "a standard ControlNet (with an image hint block), e.g. for SD 1.5/2.x"
-    if any("lora_" in k or ".lora_up." in k or ".lora_down." in k for k in keys):
-        return "a LoRA"
-    if any(k.startswith("encoder.") or k.startswith("decoder.") for k in keys):
-        return "a VAE"
-    if any(k.startswith("layers.") and "attn" in k for k in keys) and "conv_first.weight" in sd:
-        return "a SwinIR restorer"
-    return f"{len(keys)} tensors such as {', '.join(sorted(keys)[:3])}"
 
 
 def extract_ircontrolnet(sd: dict, metadata: dict | None = None) -> tuple[str, dict]:
@@ -77,7 +57,7 @@ def extract_ircontrolnet(sd: dict, metadata: dict | None = None) -> tuple[str, d
     missing = [k for k in _REQUIRED if k not in control]
     if missing or any(k.startswith("input_hint_block.") for k in control) or any("label_emb" in k for k in control):
         raise ValueError(f"expected an IRControlNet (DiffBIR/AdaptBIR control branch: time_embed, input_blocks, "
-                         f"zero_convs, middle_block_out, no hint block), found {describe_state_dict(sd)}")
+                         f"zero_convs, middle_block_out, no hint block), found {describe_weights(sd)}")
     w0 = control["input_blocks.0.0.weight"]
     if len(w0.shape) != 4 or w0.shape[1] != 8:
         raise ValueError(f"expected an IRControlNet whose first convolution takes 8 channels (noisy latent + "

@@ -208,13 +208,14 @@ def normalize_musiq_state_dict(state_dict: dict) -> dict:
     return out
 
 
-def score_images(net: torch.nn.Module, images: torch.Tensor, *, check=None) -> list[float]:
+def score_images(net: torch.nn.Module, images: torch.Tensor, *, check=None, done=None) -> list[float]:
     """Score each image of a batch with MUSIQ, one image at a time.
 
     Args:
         net: a network from :func:`build_musiq` (already on the compute device).
         images: (B, 3, H, W) float RGB in [0, 1], any device; moved to the net's device and float32.
         check: optional callable run before each image (e.g. an interrupt check).
+        done: optional callable run after each image (e.g. a progress bar update).
 
     Returns:
         B Python floats, higher is better.
@@ -229,4 +230,6 @@ def score_images(net: torch.nn.Module, images: torch.Tensor, *, check=None) -> l
                 check()
             x = images[i:i + 1].to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
             scores.append(float(net(x).reshape(-1)[0]))
+            if done is not None:
+                done()
     return scores

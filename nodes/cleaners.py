@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..modules.image_ops import to_rgb_bchw
 from ..modules.swinir import (SIGNATURE_KEYS, SwinIR, build_swinir, describe_config, is_diffbir_swinir_keys,
                               normalize_swinir_state_dict)
 from ..modules.tiling import count_tiles, tiled_apply
-from .common import CATEGORY_ROOT, PackError, check_interrupt, load_weights, model_file_path
+from ..modules.weights_kind import describe_weights
+from .common import CATEGORY_ROOT, PackError, check_interrupt, input_image, load_weights, model_file_path
 
 CAT_STAGE1 = f"{CATEGORY_ROOT}/stage1"
 RESTORER_FOLDER = "diffbir"
@@ -31,38 +31,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def describe_found(keys) -> str:
-    """A short phrase naming what a state dict with these keys probably is, with a hint where it belongs."""
-    keys = list(keys)
-    ks = set(keys)
-    if not ks:
-        return "no tensors"
-    if any("lora_" in k or ".lora." in k or "lora_A" in k or "lora_B" in k for k in keys):
-        return "a LoRA (lora_* keys); load it with a LoRA loader"
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        return ("a Stable Diffusion checkpoint (model.diffusion_model.* keys); it belongs in models/checkpoints")
-    if any(k.startswith("control_model.") for k in keys):
-        return "a DiffBIR v1 full checkpoint without a 'preprocess_model.*' SwinIR inside"
-    if "middle_block_out.0.weight" in ks or any(k.startswith("zero_convs.") for k in keys):
-        return "an IRControlNet (zero_convs / middle_block_out keys); load it with Load IRControlNet"
-    if any(k.startswith(("RRDB_trunk.", "body.0.rdb1.", "model.1.sub.0.RDB1.")) for k in keys):
-        return ("an RRDBNet/ESRGAN/BSRNet upscaler; put it in models/upscale_models, load it with Load Upscale "
-                "Model and connect it to the upscale_model input of Stage-1 Restore")
-    if "m_head.0.weight" in ks:
-        return ("an SCUNet; put it in models/upscale_models, load it with Load Upscale Model and connect it to the "
-                "upscale_model input of Stage-1 Restore")
-    if "conv_first.weight" in ks and any(k.startswith("layers.0.residual_group.") for k in keys):
-        return ("a standard SwinIR upscaler (conv_first.weight, no pixel-unshuffle input); load it with Load "
-                "Upscale Model and connect it to the upscale_model input of Stage-1 Restore")
-    if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
-        return "a VAE (encoder/decoder keys)"
-    sample = ", ".join(repr(k) for k in sorted(keys)[:3])
-    return f"{len(keys)} tensors with other names (e.g. {sample})"
-
-
 def _refuse(name: str, keys) -> PackError:
     return PackError(f"{name}: expected {WHAT} with keys such as {SIGNATURE_KEYS[0]!r} and {SIGNATURE_KEYS[1]!r}; "
-                     f"found {describe_found(keys)}")
+                     f"found {describe_weights(keys)}")
 
 
 def _peek_safetensors_keys(path: str):
@@ -209,6 +180,26 @@ def _smaller_tile(tile: int, stride: int, h: int, w: int):
     return new, max(1, min(stride, new // 2))
 
 
+def _with_smaller_tiles_on_oom(run, tile: int, stride: int, h: int, w: int):
+    """``run(tile, stride)``; on out-of-memory retry with halved tiles (down to 128 px), then give up.
+
+    Returns ``(result, tile, stride)`` so the next image of the batch starts with the tile that fitted.
+    """
+    import comfy.model_management as mm
+
+    while True:
+        try:
+            return run(tile, stride), tile, stride
+        except mm.OOM_EXCEPTION:
+            nxt = _smaller_tile(tile, stride, h, w)
+            if nxt is None:
+                raise
+            mm.soft_empty_cache(True)
+            log.warning("Stage-1 Restore: out of memory with tile %s; retrying with tile %d, stride %d",
+                        tile or "off", *nxt)
+            tile, stride = nxt
+
+
 def run_swinir(patcher, x: torch.Tensor, tile_size: int, tile_stride: int) -> torch.Tensor:
     """Restore (B, 3, H, W) float32 [0, 1] image by image -> (B, 3, H, W) float32 [0, 1] on the intermediate
     device. ``tile_size`` 0 = whole image at once; otherwise Gaussian-blended tiles of that many pixels."""
@@ -231,20 +222,13 @@ def run_swinir(patcher, x: torch.Tensor, tile_size: int, tile_stride: int) -> to
     outs = []
     for i in range(b):
         xi = x[i:i + 1].to(out_device)
-        while True:
-            try:
-                with torch.no_grad():
-                    y = tiled_apply(fn, xi, tile or max(h, w), stride if tile else max(h, w), weight="gaussian",
-                                    check=check_interrupt, callback=lambda done, total: pbar.update(1))
-                break
-            except mm.OOM_EXCEPTION:
-                nxt = _smaller_tile(tile, stride, h, w)
-                if nxt is None:
-                    raise
-                mm.soft_empty_cache(True)
-                log.warning("Stage-1 Restore: out of memory with tile %s; retrying with tile %d, stride %d",
-                            tile or "off", *nxt)
-                tile, stride = nxt
+
+        def run(tile, stride, xi=xi):
+            with torch.no_grad():
+                return tiled_apply(fn, xi, tile or max(h, w), stride if tile else max(h, w), weight="gaussian",
+                                   check=check_interrupt, callback=lambda done, total: pbar.update(1))
+
+        y, tile, stride = _with_smaller_tiles_on_oom(run, tile, stride, h, w)
         outs.append(y.clamp(0.0, 1.0))
     return torch.cat(outs)
 
@@ -284,27 +268,20 @@ def run_upscale_model(model, x: torch.Tensor, size: tuple[int, int], tile_size: 
         outs = []
         for i in range(b):
             xi = x[i:i + 1]
-            while True:
-                try:
-                    if tile <= 0 or (h <= tile and w <= tile):
-                        with torch.no_grad():
-                            y = fn(xi).to(out_device)
-                        comfy.utils.ProgressBar(1).update(1)
-                    else:
-                        overlap = tile - stride
-                        steps = comfy.utils.get_tiled_scale_steps(w, h, tile_x=tile, tile_y=tile, overlap=overlap)
-                        y = comfy.utils.tiled_scale(xi, fn, tile_x=tile, tile_y=tile, overlap=overlap,
-                                                    upscale_amount=scale, out_channels=out_ch,
-                                                    output_device=out_device, pbar=comfy.utils.ProgressBar(steps))
-                    break
-                except mm.OOM_EXCEPTION:
-                    nxt = _smaller_tile(tile, stride, h, w)
-                    if nxt is None:
-                        raise
-                    mm.soft_empty_cache(True)
-                    log.warning("Stage-1 Restore: out of memory with tile %s; retrying with tile %d, stride %d",
-                                tile or "off", *nxt)
-                    tile, stride = nxt
+
+            def run(tile, stride, xi=xi):
+                if tile <= 0 or (h <= tile and w <= tile):
+                    with torch.no_grad():
+                        y = fn(xi).to(out_device)
+                    comfy.utils.ProgressBar(1).update(1)
+                    return y
+                overlap = tile - stride
+                steps = comfy.utils.get_tiled_scale_steps(w, h, tile_x=tile, tile_y=tile, overlap=overlap)
+                return comfy.utils.tiled_scale(xi, fn, tile_x=tile, tile_y=tile, overlap=overlap,
+                                               upscale_amount=scale, out_channels=out_ch, output_device=out_device,
+                                               pbar=comfy.utils.ProgressBar(steps))
+
+            y, tile, stride = _with_smaller_tiles_on_oom(run, tile, stride, h, w)
             outs.append(resize_bicubic(y.float(), size).clamp(0.0, 1.0))
     finally:
         model.to("cpu")
@@ -372,10 +349,7 @@ class Stage1Restore(io.ComfyNode):
             raise PackError(f"tile_size: expected 0 (no tiling) or a size in pixels, found {tile_size}")
         if tile_size > 0 and not 1 <= tile_stride <= tile_size:
             raise PackError(f"tile_stride: expected 1 .. tile_size ({tile_size}), found {tile_stride}")
-        try:
-            x = to_rgb_bchw(image, "image")
-        except ValueError as e:
-            raise PackError(str(e)) from None
+        x = input_image(image, "image")
         h, w = x.shape[-2:]
         size = scaled_size(h, w, output_scale)
 

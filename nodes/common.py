@@ -6,6 +6,8 @@ import os
 
 from comfy_api.latest import io
 
+from ..modules.image_ops import to_rgb_bchw
+
 CATEGORY_ROOT = "restoration"
 CAT_QUALITY = f"{CATEGORY_ROOT}/quality"
 CAT_LATENT = f"{CATEGORY_ROOT}/latent"
@@ -32,11 +34,12 @@ def model_file_path(folder: str, filename: str) -> str:
     return path
 
 
-def load_weights(path: str, what: str) -> dict:
+def load_weights(path: str, what: str, with_metadata: bool = False):
     """Load a state dict safely: safetensors, or a PyTorch file with ``weights_only=True`` (no code runs).
 
-    Raises PackError naming the file and ``what`` was expected when the file is empty, truncated, or would
-    need to execute code to load.
+    Returns the state dict, or ``(state_dict, metadata)`` with ``with_metadata`` (metadata: the safetensors
+    header's dict, ``{}`` for other files). Raises PackError naming the file and ``what`` was expected when the
+    file is empty, truncated, or would need to execute code to load.
     """
     import comfy.utils
 
@@ -44,7 +47,7 @@ def load_weights(path: str, what: str) -> dict:
     if os.path.getsize(path) == 0:
         raise PackError(f"{name}: expected {what}, found an empty (0-byte) file; download it again")
     try:
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
+        sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     except Exception as e:  # noqa: BLE001 - every loader failure becomes one clear message
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PackError(f"{name}: expected {what} as safetensors or a weights-only PyTorch file, but it could not "
@@ -52,7 +55,16 @@ def load_weights(path: str, what: str) -> dict:
                         f"file, or a pickle that would run code; it was not executed.") from None
     if not isinstance(sd, dict) or not sd:
         raise PackError(f"{name}: expected {what}, found no tensors in the file")
-    return sd
+    return (sd, metadata or {}) if with_metadata else sd
+
+
+def input_image(image, name: str = "image"):
+    """A node's IMAGE input as (B, 3, H, W) float32 RGB in [0, 1] (grey repeated, alpha dropped), or PackError
+    naming the input when it is empty, has an unusual channel count or holds NaN/inf."""
+    try:
+        return to_rgb_bchw(image, name)
+    except ValueError as e:
+        raise PackError(str(e)) from None
 
 
 def check_interrupt() -> None:

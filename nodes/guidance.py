@@ -20,34 +20,34 @@ SPACES = ["rgb", "latent"]
 LOSSES = ["w_mse", "mse"]
 
 
+class _FrozenDecoder(torch.nn.Module):
+    """``post_quant_conv`` + decoder of a VAE: raw latent (B, C, h, w) -> (B, 3, 8h, 8w) in about [-1, 1]."""
+
+    def __init__(self, post_quant_conv: torch.nn.Module, decoder: torch.nn.Module):
+        super().__init__()
+        self.post_quant_conv = post_quant_conv
+        self.decoder = decoder
+
+    def forward(self, z):
+        return self.decoder(self.post_quant_conv(z))
+
+
 def grad_capable_decoder(vae, device, dtype=torch.float32) -> torch.nn.Module:
     """A frozen copy of the VAE's ``post_quant_conv`` + decoder made of normal (non-inference) tensors.
 
     ComfyUI runs prompts under ``torch.inference_mode()`` and loads weights there, so backpropagating through the
     VAE itself fails; this copy is made once per patch and leaves the caller's VAE untouched.
-    Input z: raw latent (B, C, h, w); output (B, 3, 8h, 8w) in about [-1, 1].
     """
     import comfy.model_management as mm
 
     mm.load_models_gpu([vae.patcher])
     fsm = vae.first_stage_model
     with torch.inference_mode(False):
-        parts = torch.nn.ModuleDict({"post_quant_conv": copy.deepcopy(getattr(fsm, "post_quant_conv",
-                                                                               torch.nn.Identity())),
-                                     "decoder": copy.deepcopy(fsm.decoder)})
-        state = {k: v.detach().clone().to(device=device, dtype=dtype) for k, v in parts.state_dict().items()}
-        parts.load_state_dict(state, assign=True)
-        parts.requires_grad_(False).eval()
-
-    class _Decode(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.parts = parts
-
-        def forward(self, z):
-            return self.parts["decoder"](self.parts["post_quant_conv"](z))
-
-    return _Decode()
+        dec = _FrozenDecoder(copy.deepcopy(getattr(fsm, "post_quant_conv", torch.nn.Identity())),
+                             copy.deepcopy(fsm.decoder))
+        state = {k: v.detach().clone().to(device=device, dtype=dtype) for k, v in dec.state_dict().items()}
+        dec.load_state_dict(state, assign=True)
+    return dec.requires_grad_(False).eval()
 
 
 class RestorationGuidance:
@@ -55,7 +55,8 @@ class RestorationGuidance:
 
     Args:
         vae: ComfyUI VAE used to decode x0 (rgb space) or to encode the guide (latent space).
-        guide: (B or 1, 3, H, W) float32 in [0, 1]; H, W = 8 × the latent size.
+        guide: (B or 1, 3, H, W) float32 in [0, 1]: the sampled image's size, or that size before padding to 64
+            (then edge-padded, see :func:`fit_guide`).
         scale: guidance scale (DiffBIR ``g_scale``; Δ uses scale × 3000). 0 = off.
         g_start, g_stop: active while g_stop < t + 1 < g_start, t the model timestep (DiffBIR's window).
         repeat: guidance updates per step. space: "rgb" or "latent". loss: "w_mse" or "mse".
@@ -67,15 +68,29 @@ class RestorationGuidance:
         self.vae, self.raw_guide, self.scale = vae, guide, float(scale)
         self.g_start, self.g_stop, self.repeat = int(g_start), int(g_stop), int(repeat)
         self.space, self.loss, self.block_size = space, loss, int(block_size)
-        self.guide = self.weight = None  # fitted to the latent's size at the first guided step
         self._decoder = None
-        self._latent_target = None
+        self._prepared_for = None  # (latent h, w, device) the target and weight below were made for
+        self._target = self._weight = None
 
-    def _fit(self, height: int, width: int):
-        if self.guide is None or tuple(self.guide.shape[-2:]) != (height, width):
-            self.guide = fit_guide(self.raw_guide, height, width)
-            self.weight = g.sobel_weight_map(self.guide, self.block_size) if self.loss == "w_mse" else None
-            self._latent_target = None
+    def _prepare(self, x0, latent_format):
+        """Target and weight map for this latent size and device, made once (not at every step)."""
+        h, w = x0.shape[-2:]
+        key = (h, w, x0.device)
+        if self._prepared_for == key:
+            return
+        guide = fit_guide(self.raw_guide, h * 8, w * 8)
+        if guide.shape[0] not in (1, x0.shape[0]):
+            raise PackError(f"guide_image: expected 1 or {x0.shape[0]} images (the latent batch), found "
+                            f"{guide.shape[0]}")
+        weight = g.sobel_weight_map(guide, self.block_size) if self.loss == "w_mse" else None
+        if self.space == "rgb":
+            target = guide * 2 - 1
+        else:
+            target = latent_format.process_in(self.vae.encode(guide.permute(0, 2, 3, 1)).float())
+            weight = None if weight is None else g.resize_weight_map(weight, (h, w))
+        self._target = target.to(x0.device)
+        self._weight = None if weight is None else weight.to(x0.device)
+        self._prepared_for = key
 
     def _decode_fn(self, latent_format, device):
         if self._decoder is None:
@@ -86,43 +101,26 @@ class RestorationGuidance:
             return dec(latent_format.process_out(x0_scaled))
         return decode
 
-    def _latent_target_for(self, latent_format, device):
-        if self._latent_target is None:
-            z = self.vae.encode(self.guide.permute(0, 2, 3, 1))
-            self._latent_target = latent_format.process_in(z.float())
-        return self._latent_target.to(device)
-
     def __call__(self, args):
         x0 = args["denoised"]
         if self.scale == 0:
             return x0
         model = args["model"]
         sigma = args["sigma"]
-        ms = model.model_sampling
-        t = int(round(float(ms.timestep(sigma[:1]).item())))
+        t = int(round(float(model.model_sampling.timestep(sigma[:1]).item())))
         if not g.guidance_active(t, self.g_start, self.g_stop):
             return x0
         check_interrupt()
         sigma_next = _next_sigma(args, float(sigma[0]))
         coef1 = posterior_mean_coef1(sigma.double().cpu(), torch.full_like(sigma.double().cpu(), sigma_next))
-        device = x0.device
-        self._fit(x0.shape[-2] * 8, x0.shape[-1] * 8)
-        if self.guide.shape[0] not in (1, x0.shape[0]):
-            raise PackError(f"guide_image: expected 1 or {x0.shape[0]} images (the latent batch), found "
-                            f"{self.guide.shape[0]}")
-        if self.space == "rgb":
-            target = self.guide.to(device) * 2 - 1
-            decode = self._decode_fn(model.latent_format, device)
-            weight = None if self.weight is None else self.weight.to(device)
-        else:
-            target = self._latent_target_for(model.latent_format, device)
-            decode = _identity
-            weight = None if self.weight is None else g.resize_weight_map(self.weight, target.shape[-2:]).to(device)
+        self._prepare(x0, model.latent_format)
+        decode = self._decode_fn(model.latent_format, x0.device) if self.space == "rgb" else _identity
+        target, weight = self._target, self._weight
         if target.shape[0] == 1 and x0.shape[0] > 1:
             target = target.expand(x0.shape[0], -1, -1, -1)
             weight = None if weight is None else weight.expand(x0.shape[0], -1, -1, -1)
-        out = g.guided_x0(x0.float(), target.float(), decode, self.scale, coef1.to(device=device, dtype=torch.float32),
-                          weight=weight, repeat=self.repeat)
+        out = g.guided_x0(x0.float(), target.float(), decode, self.scale,
+                          coef1.to(device=x0.device, dtype=torch.float32), weight=weight, repeat=self.repeat)
         return out.to(x0.dtype)
 
 

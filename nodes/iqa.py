@@ -8,8 +8,9 @@ import threading
 from comfy_api.latest import io, ui
 
 from ..modules import iqa as iqa_mod
-from ..modules.image_ops import downscale_max_side, to_rgb_bchw, upscale_min_side
-from .common import CAT_QUALITY, PackError, RestoreParams, check_interrupt, load_weights, show_text_on_node
+from ..modules.image_ops import downscale_max_side, upscale_min_side
+from .common import (CAT_QUALITY, PackError, RestoreParams, check_interrupt, input_image, load_weights,
+                     show_text_on_node)
 
 IQA_FOLDER = "iqa"
 WEIGHTS_SOURCE = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights"
@@ -159,23 +160,13 @@ class IQAClassifier(io.ComfyNode):
 
         if metric not in iqa_mod.MUSIQ_VARIANTS:
             raise PackError(f"metric: expected one of {list(iqa_mod.MUSIQ_VARIANTS)}, found {metric!r}")
-        try:
-            x = to_rgb_bchw(image, "image")
-        except ValueError as e:
-            raise PackError(str(e)) from None
+        x = input_image(image, "image")
         x = upscale_min_side(downscale_max_side(x, score_max_side), MUSIQ_MIN_SIDE)
 
         patcher = MUSIQ_CACHE.get(metric, resolve_musiq_weights(metric, weights))
         mm.load_models_gpu([patcher])
         pbar = comfy.utils.ProgressBar(x.shape[0])
-
-        def step():
-            check_interrupt()
-
-        scores = []
-        for i in range(x.shape[0]):
-            scores += iqa_mod.score_images(patcher.model, x[i:i + 1], check=step)
-            pbar.update(1)
+        scores = iqa_mod.score_images(patcher.model, x, check=check_interrupt, done=lambda: pbar.update(1))
         scale = iqa_mod.MUSIQ_VARIANTS[metric][2]
         # thresholds are on a 0..100 scale; map_score compares score/score_scale against them / 100
         params = iqa_mod.params_from_scores(

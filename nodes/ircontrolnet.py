@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 
+import comfy.cldm.cldm
+import comfy.controlnet
 import torch
+from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from comfy_api.latest import io
 
 from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
-from ..modules.image_ops import pad_to_multiple, to_rgb_bchw
 from .common import PackError, RestoreCondition, load_weights, model_file_path
+from .latent import encode_condition_image
 
 CAT_CONTROL = "restoration/control"
 IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
@@ -17,38 +20,26 @@ SD_LATENT_SCALE = 0.18215  # DiffBIR's hint: 0.18215 x the SD 2.1 VAE posterior 
 HINT_CONVENTIONS = ["auto", "diffbir", "adaptbir"]
 
 
-def build_ircontrolnet_class():
-    import comfy.cldm.cldm
-    from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
+class IRControlNetModel(comfy.cldm.cldm.ControlNet):
+    """The SD UNet encoder + zero convolutions fed ``cat(x_t, c)`` (8 channels); no hint block.
 
-    class IRControlNetModel(comfy.cldm.cldm.ControlNet):
-        """The SD UNet encoder + zero convolutions fed ``cat(x_t, c)`` (8 channels); no hint block.
+    ``forward(x (B,8,h,w), timesteps (B,), context (B,T,D))`` returns ComfyUI's control dict
+    ``{"middle": [m], "output": [12 skips in input-block order]}``.
+    """
 
-        ``forward(x (B,8,h,w), timesteps (B,), context (B,T,D))`` returns ComfyUI's control dict
-        ``{"middle": [m], "output": [12 skips in input-block order]}``, plus, with ``return_features=True``, the
-        raw (pre-zero-conv) features under ``"features"`` (13 tensors: 12 input blocks, then the middle).
-        """
+    def __init__(self, **config):
+        super().__init__(hint_channels=4, **config)
+        del self.input_hint_block
 
-        def __init__(self, **config):
-            super().__init__(hint_channels=4, **config)
-            del self.input_hint_block
-
-        def forward(self, x, timesteps, context, y=None, return_features=False, **kwargs):
-            emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
-            outputs, features = [], []
-            h = x
-            for module, zero_conv in zip(self.input_blocks, self.zero_convs):
-                h = module(h, emb, context)
-                outputs.append(zero_conv(h, emb, context))
-                features.append(h)
-            h = self.middle_block(h, emb, context)
-            features.append(h)
-            out = {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
-            if return_features:
-                out["features"] = features
-            return out
-
-    return IRControlNetModel
+    def forward(self, x, timesteps, context, y=None, **kwargs):
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
+        outputs = []
+        h = x
+        for module, zero_conv in zip(self.input_blocks, self.zero_convs):
+            h = module(h, emb, context)
+            outputs.append(zero_conv(h, emb, context))
+        h = self.middle_block(h, emb, context)
+        return {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
 
 
 def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
@@ -74,7 +65,7 @@ def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
     import comfy.supported_models
 
     cfg.update(comfy.supported_models.SD20.unet_extra_config)
-    net = build_ircontrolnet_class()(**cfg, dtype=dtype, device=device, operations=ops)
+    net = IRControlNetModel(**cfg, dtype=dtype, device=device, operations=ops)
     missing, unexpected = net.load_state_dict(control_sd, strict=False, assign=device == "meta")
     if missing or unexpected:
         raise ValueError(f"IRControlNet weights do not fit the detected architecture: {len(missing)} missing "
@@ -82,69 +73,64 @@ def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
     return net.eval().requires_grad_(False), cfg
 
 
-def make_control(patcher, layout: str):
-    import comfy.controlnet
+class IRControlNetControl(comfy.controlnet.ControlBase):
+    """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
 
-    class IRControlNetControl(comfy.controlnet.ControlBase):
-        """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
+    ``cond_hint_original`` is the condition latent (B or 1, 4, h, w) in the hint convention of the weights;
+    it must match the sampled latent's size.
+    """
 
-        ``cond_hint_original`` is the condition latent (B or 1, 4, h, w) in the hint convention of the weights;
-        it must match the sampled latent's size.
-        """
+    def __init__(self, patcher, layout: str):
+        super().__init__()
+        self.patcher = patcher  # ModelPatcher around an IRControlNetModel
+        self.layout = layout  # a key of LAYOUT_HINT
+        self.model_sampling_current = None
+        self.compression_ratio = 1
 
-        def __init__(self):
-            super().__init__()
-            self.patcher = patcher
-            self.layout = layout
-            self.model_sampling_current = None
-            self.compression_ratio = 1
+    def copy(self):
+        c = IRControlNetControl(self.patcher, self.layout)
+        self.copy_to(c)
+        return c
 
-        def copy(self):
-            c = IRControlNetControl()
-            self.copy_to(c)
-            return c
+    def get_models(self):
+        return super().get_models() + [self.patcher]
 
-        def get_models(self):
-            return super().get_models() + [self.patcher]
+    def pre_run(self, model, percent_to_timestep_function):
+        super().pre_run(model, percent_to_timestep_function)
+        self.model_sampling_current = model.model_sampling
 
-        def pre_run(self, model, percent_to_timestep_function):
-            super().pre_run(model, percent_to_timestep_function)
-            self.model_sampling_current = model.model_sampling
+    def cleanup(self):
+        self.model_sampling_current = None
+        super().cleanup()
 
-        def cleanup(self):
-            self.model_sampling_current = None
-            super().cleanup()
+    def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
+        prev = None
+        if self.previous_controlnet is not None:
+            prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            return prev
+        if self.strength == 0:
+            return prev
+        net = self.patcher.model
+        hint = self.cond_hint_original
+        if tuple(hint.shape[-2:]) != tuple(x_noisy.shape[-2:]):
+            raise PackError(
+                f"condition: expected a condition latent of the sampled latent's size "
+                f"{tuple(x_noisy.shape[-2:])}, found {tuple(hint.shape[-2:])}; encode the same (padded) image "
+                f"you sample")
+        if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
+                or self.cond_hint.device != x_noisy.device:
+            hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
+            if hint.shape[0] != x_noisy.shape[0]:  # a single hint is returned as is: repeat it
+                hint = hint.expand(x_noisy.shape[0], -1, -1, -1)
+            self.cond_hint = hint.to(device=x_noisy.device, dtype=net.dtype)
+        ms = self.model_sampling_current
+        x_in = ms.calculate_input(t, x_noisy).to(net.dtype)
+        context = cond["c_crossattn"].to(net.dtype)
+        out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context)
+        return self.control_merge(out, prev, output_dtype=None)
 
-        def get_control(self, x_noisy, t, cond, batched_number, transformer_options):
-            prev = None
-            if self.previous_controlnet is not None:
-                prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-            if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
-                return prev
-            if self.strength == 0:
-                return prev
-            import comfy.controlnet
 
-            net = self.patcher.model
-            hint = self.cond_hint_original
-            if tuple(hint.shape[-2:]) != tuple(x_noisy.shape[-2:]):
-                raise PackError(
-                    f"condition: expected a condition latent of the sampled latent's size "
-                    f"{tuple(x_noisy.shape[-2:])}, found {tuple(hint.shape[-2:])}; encode the same (padded) image "
-                    f"you sample")
-            if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
-                    or self.cond_hint.device != x_noisy.device:
-                hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
-                if hint.shape[0] != x_noisy.shape[0]:  # a single hint is returned as is: repeat it
-                    hint = hint.expand(x_noisy.shape[0], -1, -1, -1)
-                self.cond_hint = hint.to(device=x_noisy.device, dtype=net.dtype)
-            ms = self.model_sampling_current
-            x_in = ms.calculate_input(t, x_noisy).to(net.dtype)
-            context = cond["c_crossattn"].to(net.dtype)
-            out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context)
-            return self.control_merge(out, prev, output_dtype=None)
-
-    return IRControlNetControl()
 
 
 class IRControlNetLoader(io.ComfyNode):
@@ -181,24 +167,15 @@ class IRControlNetLoader(io.ComfyNode):
         import comfy.model_patcher
 
         path = model_file_path("diffbir", control_net_name)
-        sd = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)")
+        sd, metadata = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)", with_metadata=True)
         try:
-            layout, control_sd = extract_ircontrolnet(sd, _metadata(path))
+            layout, control_sd = extract_ircontrolnet(sd, metadata)
             net, _ = build_ircontrolnet(control_sd)
         except ValueError as e:
             raise PackError(f"{control_net_name}: {e}") from None
         patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
-        return io.NodeOutput(make_control(patcher, layout))
-
-
-def _metadata(path: str) -> dict:
-    if not path.endswith((".safetensors", ".sft")):
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        return f.metadata() or {}
+        return io.NodeOutput(IRControlNetControl(patcher, layout))
 
 
 def hint_from_condition(condition: dict, convention: str) -> torch.Tensor:
@@ -210,22 +187,6 @@ def hint_from_condition(condition: dict, convention: str) -> torch.Tensor:
         raise PackError("condition: the AdaptBIR hint needs the VAE's post_quant_conv output, found a VAE without "
                         "post_quant_conv; use the diffbir hint convention")
     return pq
-
-
-def encode_condition_image(image, vae, pad_multiple: int = 64) -> dict:
-    """Encode a stage-1 IMAGE with ``vae`` into a condition dict (same fields as Dual Encoder Interpolate's)."""
-    from .latent import encode, post_quant
-
-    try:
-        x = to_rgb_bchw(image, "image")
-    except ValueError as e:
-        raise PackError(str(e)) from None
-    b, _, h, w = x.shape
-    padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
-    z = encode(vae, padded, 0)
-    crop = {"height": h, "width": w, "pad_bottom": pad[0], "pad_right": pad[1]}
-    return {"samples": z, "post_quant": post_quant(vae, z), "k": torch.ones(b), "crop": crop,
-            "image": padded.permute(0, 2, 3, 1).contiguous()}
 
 
 class ApplyIRControlNet(io.ComfyNode):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..modules.image_ops import crop_bhwc, pad_to_multiple, to_bhwc, to_rgb_bchw
+from ..modules.image_ops import crop_bhwc, pad_to_multiple, to_bhwc
 from ..modules.latent_mix import mix_latents
-from .common import CAT_IMAGE, CAT_LATENT, PackError, RestoreCondition, RestoreParams, check_interrupt
+from .common import CAT_IMAGE, CAT_LATENT, PackError, RestoreCondition, RestoreParams, check_interrupt, input_image
 
 # Key under which a LATENT carries the original image size; samplers copy the dict, so it survives sampling.
 CROP_KEY = "adaptbir_crop"
@@ -47,6 +47,25 @@ def post_quant(vae, z: torch.Tensor) -> torch.Tensor | None:
         out = torch.nn.functional.conv2d(z.to(device=w.device, dtype=w.dtype), w,
                                          None if pqc.bias is None else pqc.bias)
     return out.to(device=z.device, dtype=torch.float32)
+
+
+def make_condition(vae, z: torch.Tensor, padded: torch.Tensor, pad: tuple[int, int], size: tuple[int, int],
+                   k: torch.Tensor) -> dict:
+    """The ADAPTBIR_CONDITION hand-off: ``samples`` (raw latent z, (B,C,h,w)), ``post_quant`` (z after ``vae``'s
+    post_quant_conv: AdaptBIR's hint space; None without one), ``k`` ((B,) mix weights), ``crop`` (original
+    height/width and the bottom/right padding) and ``image`` (the padded input, (B,H,W,3) [0,1], for guidance and
+    colour fix)."""
+    crop = {"height": size[0], "width": size[1], "pad_bottom": pad[0], "pad_right": pad[1]}
+    return {"samples": z, "post_quant": post_quant(vae, z), "k": k, "crop": crop,
+            "image": padded.permute(0, 2, 3, 1).contiguous()}
+
+
+def encode_condition_image(image, vae, pad_multiple: int = 64) -> dict:
+    """Encode an IMAGE (e.g. the stage-1 result) with one VAE into a condition (k = 1 for every image)."""
+    x = input_image(image, "image")
+    padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
+    z = encode(vae, padded, 0)
+    return make_condition(vae, z, padded, pad, tuple(x.shape[-2:]), torch.ones(x.shape[0]))
 
 
 class DualEncoderInterpolate(io.ComfyNode):
@@ -94,10 +113,7 @@ class DualEncoderInterpolate(io.ComfyNode):
     @classmethod
     def execute(cls, image, restoration_vae, internal_vae, k=0.0, pad_multiple=64, tile_size=0,
                 params=None) -> io.NodeOutput:
-        try:
-            x = to_rgb_bchw(image, "image")
-        except ValueError as e:
-            raise PackError(str(e)) from None
+        x = input_image(image, "image")
         sig_r = _vae_signature(restoration_vae, "restoration_vae")
         sig_i = _vae_signature(internal_vae, "internal_vae")
         if sig_r != sig_i:
@@ -133,16 +149,8 @@ class DualEncoderInterpolate(io.ComfyNode):
             z_i = torch.zeros_like(z_r)
         z = mix_latents(z_r, z_i, ks)
 
-        crop = {"height": h, "width": w, "pad_bottom": pad[0], "pad_right": pad[1]}
-        latent = {"samples": z, CROP_KEY: crop}
-        condition = {
-            "samples": z,                               # raw latent space
-            "post_quant": post_quant(internal_vae, z),  # AdaptBIR's hint space (None if the VAE has no PQC)
-            "k": ks.clone(),
-            "crop": crop,
-            "image": padded.permute(0, 2, 3, 1).contiguous(),  # the padded input, for guidance / colour fix
-        }
-        return io.NodeOutput(latent, condition)
+        condition = make_condition(internal_vae, z, padded, pad, (h, w), ks.clone())
+        return io.NodeOutput({"samples": z, CROP_KEY: condition["crop"]}, condition)
 
 
 class CropToOriginal(io.ComfyNode):

@@ -6,9 +6,9 @@ import torch
 from comfy_api.latest import io
 
 from ..modules import colorfix
-from ..modules.image_ops import check_image_bhwc, to_rgb_bchw
+from ..modules.image_ops import check_image_bhwc
 from ..modules.schedules import q_sample_start, spaced_sigmas
-from .common import CAT_IMAGE, PackError, RestoreCondition
+from .common import CAT_IMAGE, PackError, RestoreCondition, input_image
 from .guidance import LOSSES, SPACES, RestorationGuidance, apply_guidance, fit_guide
 
 CAT_SAMPLING = "restoration/sampling"
@@ -80,8 +80,8 @@ class SpacedDDPMScheduler(io.ComfyNode):
 def _guide_bchw(guide_image, condition) -> torch.Tensor | None:
     """Guide image as (B,3,H,W) [0,1]: the given image, else the condition's (padded) image, else None."""
     if guide_image is not None:
-        return to_rgb_bchw(guide_image, "guide_image")
-    return None if condition is None else to_rgb_bchw(condition["image"], "condition.image")
+        return input_image(guide_image, "guide_image")
+    return None if condition is None else input_image(condition["image"], "condition.image")
 
 
 class RestorationGuidanceSampler(io.ComfyNode):
@@ -150,10 +150,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
 
         m = model
         if guidance_scale > 0:
-            try:
-                guide = _guide_bchw(guide_image, condition)
-            except ValueError as e:
-                raise PackError(str(e)) from None
+            guide = _guide_bchw(guide_image, condition)
             if guide is None:
                 raise PackError("guide_image/condition: guidance_scale > 0 needs a guide image or a condition, "
                                 "found neither")
@@ -215,10 +212,7 @@ class ApplyRestorationGuidance(io.ComfyNode):
                 g_space="rgb", g_loss="w_mse", block_size=2) -> io.NodeOutput:
         if guidance_scale == 0:
             return io.NodeOutput(model.clone())
-        try:
-            guide = to_rgb_bchw(guide_image, "guide_image")
-        except ValueError as e:
-            raise PackError(str(e)) from None
+        guide = input_image(guide_image, "guide_image")
         patch = RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat, g_space, g_loss,
                                     block_size)
         return io.NodeOutput(apply_guidance(model, patch))
@@ -248,11 +242,8 @@ class ColorFix(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, reference, method="wavelet") -> io.NodeOutput:
-        try:
-            x = to_rgb_bchw(image, "image")
-            r = to_rgb_bchw(reference, "reference")
-        except ValueError as e:
-            raise PackError(str(e)) from None
+        x = input_image(image, "image")
+        r = input_image(reference, "reference")
         if r.shape[0] not in (1, x.shape[0]):
             raise PackError(f"reference: expected 1 or {x.shape[0]} images, found {r.shape[0]}")
         r = r.expand(x.shape[0], -1, -1, -1)
