@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import cleaners, iqa, ircontrolnet, latent, sampling
+from . import cleaners, csft, degrade, iqa, ircontrolnet, latent, sampling
 
 
 def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
-    return [*iqa.NODES, *latent.NODES, *cleaners.NODES, *ircontrolnet.NODES, *sampling.NODES]
+    return [*iqa.NODES, *latent.NODES, *cleaners.NODES, *degrade.NODES, *ircontrolnet.NODES, *csft.NODES,
+            *sampling.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

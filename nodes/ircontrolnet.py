@@ -18,28 +18,38 @@ CAT_CONTROL = "restoration/control"
 IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
 SD_LATENT_SCALE = 0.18215  # DiffBIR's hint: 0.18215 x the SD 2.1 VAE posterior mode
 HINT_CONVENTIONS = ["auto", "diffbir", "adaptbir"]
+# Keys in the per-call transformer_options that connect the control to CSFT Apply (nodes/csft.py): a patched model
+# sets WANT_FEATURES; the control then stores its raw features (times its strength) under FEATURES, or None when
+# it is inactive at that step.
+WANT_FEATURES = "adaptbir_want_control_features"
+FEATURES = "adaptbir_control_features"
 
 
 class IRControlNetModel(comfy.cldm.cldm.ControlNet):
     """The SD UNet encoder + zero convolutions fed ``cat(x_t, c)`` (8 channels); no hint block.
 
     ``forward(x (B,8,h,w), timesteps (B,), context (B,T,D))`` returns ComfyUI's control dict
-    ``{"middle": [m], "output": [12 skips in input-block order]}``.
+    ``{"middle": [m], "output": [12 skips in input-block order]}``; with ``return_features=True`` it returns
+    ``(control_dict, features)``, ``features`` the 13 raw block outputs before the zero convolutions (input blocks
+    0..11, then the middle block) that AdaptBIR's CSFT layers read.
     """
 
     def __init__(self, **config):
         super().__init__(hint_channels=4, **config)
         del self.input_hint_block
 
-    def forward(self, x, timesteps, context, y=None, **kwargs):
+    def forward(self, x, timesteps, context, y=None, return_features=False, **kwargs):
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False).to(x.dtype))
-        outputs = []
+        outputs, features = [], []
         h = x
         for module, zero_conv in zip(self.input_blocks, self.zero_convs):
             h = module(h, emb, context)
+            features.append(h)
             outputs.append(zero_conv(h, emb, context))
         h = self.middle_block(h, emb, context)
-        return {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
+        features.append(h)
+        control = {"middle": [self.middle_block_out(h, emb, context)], "output": outputs}
+        return (control, features) if return_features else control
 
 
 def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
@@ -107,9 +117,11 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         prev = None
         if self.previous_controlnet is not None:
             prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
-        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
-            return prev
-        if self.strength == 0:
+        want = bool(transformer_options.get(WANT_FEATURES))
+        if (self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1])) \
+                or self.strength == 0:
+            if want:
+                transformer_options.setdefault(FEATURES, None)
             return prev
         net = self.patcher.model
         hint = self.cond_hint_original
@@ -127,10 +139,12 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         ms = self.model_sampling_current
         x_in = ms.calculate_input(t, x_noisy).to(net.dtype)
         context = cond["c_crossattn"].to(net.dtype)
-        out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context)
+        out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context, return_features=want)
+        if want:
+            out, features = out
+            # AdaptBIR scales the raw features by the control strength too (they are new tensors: no aliasing)
+            transformer_options[FEATURES] = features if self.strength == 1 else [f * self.strength for f in features]
         return self.control_merge(out, prev, output_dtype=None)
-
-
 
 
 class IRControlNetLoader(io.ComfyNode):

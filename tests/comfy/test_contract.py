@@ -85,6 +85,7 @@ def test_golden_interface(pack_nodes):
 # node names the test that checks it, so a new one cannot slip through without one.
 CHECKED_PATCHING_NODES = {
     "AdaptBIR_ApplyIRControlNet": ("tests.comfy.test_ircontrolnet", "test_apply_does_not_mutate_the_conditioning"),
+    "AdaptBIR_CSFTApply": ("tests.comfy.test_csft", "test_csft_apply_does_not_mutate_the_model"),
     "AdaptBIR_ApplyRestorationGuidance": ("tests.comfy.test_restoration_sampler",
                                           "test_guidance_patch_works_with_the_stock_ksampler_and_leaves_the_model_alone"),
 }

@@ -148,3 +148,17 @@ def tiny_ircontrolnet_state_dict(seed: int = 0) -> dict:
     net = comfy.cldm.cldm.ControlNet(hint_channels=4, **cfg, device="cpu")
     sd = seeded_state_dict(net, seed)
     return {k: v for k, v in sd.items() if not k.startswith("input_hint_block.")}
+
+
+TINY_CSFT = {"model_channels": SD2_UNET["model_channels"], "channel_mult": tuple(SD2_UNET["channel_mult"]),
+             "num_res_blocks": 2, "sft_channels": 32}
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_csft_state_dict(seed: int = 0, std: float = 1.0) -> dict:
+    """Seeded CSFT weights (AdaptBIR key names, flat) for the tiny SD2 UNet and its IRControlNet."""
+    from modules.csft import (
+        CSFT,  # the pure module, importable from the repository root in tests
+    )
+
+    return seeded_state_dict(CSFT(**TINY_CSFT), seed, std)
