@@ -96,19 +96,22 @@ def check_compatible(csft: CSFTWeights, model, control_net) -> None:
 class CSFTPatch:
     """The CSFT model patch: ``output_block_patch`` callable plus a ``DIFFUSION_MODEL`` wrapper.
 
-    ``w``: (B,) or (1,) float64 CPU tensor, one CSFT weight per image of the sampled batch (or one for all).
+    ``module``: a :class:`modules.csft.CSFT`. ``w``: (B,) or (1,) float64 CPU tensor, one CSFT weight per image
+    of the sampled batch (or one for all). ``patcher``: the ModelPatcher that owns ``module`` (ComfyUI loads it
+    with the UNet), or None where the caller places the module itself (training).
     Immutable once made; ``__deepcopy__`` returns itself so model clones do not copy the weights.
     """
 
-    def __init__(self, patcher, w: torch.Tensor):
-        self.patcher = patcher
+    def __init__(self, module, w: torch.Tensor, patcher=None):
+        self.module = module
         self.w = w
+        self.patcher = patcher
 
     def __deepcopy__(self, memo):
         return self
 
     def models(self):
-        return [self.patcher]
+        return [self.patcher] if self.patcher is not None else []
 
     def to(self, device_or_dtype):
         return self  # the weights move with self.patcher (loaded by ComfyUI's model management)
@@ -133,7 +136,7 @@ class CSFTPatch:
         if features is None:  # the control is off at this step (strength 0 or outside its percent range)
             return h
         try:
-            return self.patcher.model.modulate(index, h, features, self._weights(h.shape[0], transformer_options))
+            return self.module.modulate(index, h, features, self._weights(h.shape[0], transformer_options))
         except ValueError as e:
             if isinstance(e, PackError):
                 raise
@@ -146,7 +149,7 @@ class CSFTPatch:
     def wrap_unet(self, executor, *args, **kwargs):
         """DIFFUSION_MODEL wrapper: the last CSFT step, on h right before the UNet's ``out`` layers."""
         opts = kwargs["transformer_options"] if "transformer_options" in kwargs else args[5]
-        last = len(self.patcher.model.plan) - 1
+        last = len(self.module.plan) - 1
 
         def before_out(module, inputs):
             return (self.apply(last, inputs[0], opts),) + tuple(inputs[1:])
@@ -164,7 +167,8 @@ def patch_model(model, csft: CSFTWeights, w: torch.Tensor):
 
     unet_model = model.model
     dtype = unet_model.manual_cast_dtype or unet_model.get_dtype()
-    patch = CSFTPatch(csft.patcher_for(dtype), w)
+    patcher = csft.patcher_for(dtype)
+    patch = CSFTPatch(patcher.model, w, patcher)
     m = model.clone()
     to = m.model_options["transformer_options"]
     patches = to.setdefault("patches", {})

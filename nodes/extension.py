@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import cleaners, csft, degrade, iqa, ircontrolnet, latent, sampling
+from . import (
+    cleaners,
+    csft,
+    degrade,
+    iqa,
+    ircontrolnet,
+    latent,
+    restoration_vae,
+    sampling,
+)
 
 
 def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
-    return [*iqa.NODES, *latent.NODES, *cleaners.NODES, *degrade.NODES, *ircontrolnet.NODES, *csft.NODES,
-            *sampling.NODES]
+    return [*iqa.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
+            *ircontrolnet.NODES, *csft.NODES, *sampling.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

@@ -38,9 +38,12 @@ def tiny(host):
 
 @pytest.fixture(scope="session")
 def pack(host):
-    """Accessor for the pack's own submodules as ComfyUI loaded them: pack('nodes.iqa')."""
+    """Accessor for the pack's own submodules as ComfyUI loaded them: pack('nodes.iqa'); submodules ComfyUI does
+    not load (the training commands) are imported inside the loaded package."""
+    import importlib
+
     def get(sub: str):
-        return sys.modules[f"{host.pack_module_name}.{sub}"]
+        return importlib.import_module(f"{host.pack_module_name}.{sub}")
     return get
 
 

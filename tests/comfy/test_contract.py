@@ -85,7 +85,8 @@ def test_golden_interface(pack_nodes):
 # node names the test that checks it, so a new one cannot slip through without one.
 CHECKED_PATCHING_NODES = {
     "AdaptBIR_ApplyIRControlNet": ("tests.comfy.test_ircontrolnet", "test_apply_does_not_mutate_the_conditioning"),
-    "AdaptBIR_CSFTApply": ("tests.comfy.test_csft", "test_csft_apply_does_not_mutate_the_model"),
+    "AdaptBIR_RestorationVAELoader": ("tests.comfy.test_restoration_vae", "test_loader_leaves_the_connected_vae_alone"),
+    "AdaptBIR_CSFTApply": ("tests.comfy.test_csft_apply", "test_csft_apply_does_not_mutate_the_model"),
     "AdaptBIR_ApplyRestorationGuidance": ("tests.comfy.test_restoration_sampler",
                                           "test_guidance_patch_works_with_the_stock_ksampler_and_leaves_the_model_alone"),
 }

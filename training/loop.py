@@ -1,0 +1,228 @@
+"""The training loop both stages share: optimiser, mixed precision, gradient checkpointing, checkpoints with exact
+resume, a progress bar with loss and ETA, periodic validation images, and Ctrl-C that saves before it stops."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.utils.checkpoint
+
+CHECKPOINT_FORMAT = 1
+# settings that must not change when a run is resumed (they decide the batches and the optimiser's path)
+RESUME_KEYS = ("batch_size", "crop", "seed", "lr", "optimizer", "betas", "weight_decay", "overfit_batch")
+
+
+@dataclass
+class TrainSettings:
+    """Settings common to both stages.
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, float32 elsewhere), ``bf16`` or ``fp32``.
+    ``grad_checkpointing``: ``auto`` (on for CUDA), ``on`` or ``off``.
+    ``overfit_batch``: reuse step 0's batch, degradations, noise and timesteps at every step (a debugging aid: the
+    loss must then fall steadily).
+    """
+
+    out_dir: str
+    steps: int
+    lr: float
+    batch_size: int = 1
+    crop: int = 512
+    optimizer: str = "adamw"
+    betas: tuple = (0.9, 0.999)
+    weight_decay: float = 0.0
+    seed: int = 0
+    save_every: int = 1000
+    val_every: int = 500
+    val_count: int = 4
+    keep_checkpoints: int = 2
+    resume: bool = True
+    precision: str = "auto"
+    grad_checkpointing: str = "auto"
+    overfit_batch: bool = False
+    device: str = "auto"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.steps < 1 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError(f"steps/lr/batch_size: expected >= 1, > 0, >= 1, found {self.steps}, {self.lr}, "
+                             f"{self.batch_size}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer: expected adam or adamw, found {self.optimizer!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision: expected auto, bf16 or fp32, found {self.precision!r}")
+        if self.grad_checkpointing not in ("auto", "on", "off"):
+            raise ValueError(f"grad_checkpointing: expected auto, on or off, found {self.grad_checkpointing!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            import comfy.model_management as mm
+
+            return mm.get_torch_device()
+        return torch.device(self.device)
+
+    def autocast(self, device: torch.device):
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
+        if not bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def checkpointing(self, device: torch.device) -> bool:
+        return self.grad_checkpointing == "on" or (self.grad_checkpointing == "auto" and device.type == "cuda")
+
+
+@contextlib.contextmanager
+def gradient_checkpointing(modules, enabled: bool = True):
+    """Run each module's forward under ``torch.utils.checkpoint`` (non-reentrant) inside the block; the modules
+    are the training's own copies, and their original forward is restored on exit."""
+    swapped = []
+    if enabled:
+        for m in modules:
+            own = m.__dict__.get("forward")
+            original = m.forward
+
+            def forward(*args, _f=original, **kwargs):
+                return torch.utils.checkpoint.checkpoint(_f, *args, use_reentrant=False, **kwargs)
+
+            m.forward = forward
+            swapped.append((m, own))
+    try:
+        yield
+    finally:
+        for m, own in swapped:
+            if own is None:
+                del m.forward
+            else:
+                m.forward = own
+
+
+def make_optimizer(settings: TrainSettings, params):
+    cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+
+
+def checkpoint_paths(out_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(out_dir, "checkpoints", "step_*.pt")))
+
+
+def _resume_config(settings: TrainSettings, task_config: dict) -> dict:
+    s = asdict(settings)
+    cfg = {k: s[k] for k in RESUME_KEYS}
+    cfg["betas"] = list(cfg["betas"])
+    cfg.update(task_config)
+    return cfg
+
+
+class TrainingTask:
+    """What a stage provides to :func:`run`. Subclasses implement every method."""
+
+    name = "training"
+
+    def parameters(self) -> list:  # the trainable parameters
+        raise NotImplementedError
+
+    def trainable_state(self) -> dict:  # CPU copies of the trainable tensors
+        raise NotImplementedError
+
+    def load_trainable_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def config(self) -> dict:  # what must match on resume besides RESUME_KEYS (JSON-like values)
+        raise NotImplementedError
+
+    def loss(self, step: int) -> torch.Tensor:  # scalar; the batch is a pure function of step
+        raise NotImplementedError
+
+    def validate(self, step: int, folder: str) -> str:  # writes an image, returns its path
+        raise NotImplementedError
+
+    def export(self, out_dir: str) -> str:  # writes the final weights file, returns its path
+        raise NotImplementedError
+
+
+def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
+    """Train ``task`` to ``settings.steps`` steps, resuming from the newest checkpoint in ``out_dir``.
+
+    ``on_step(step, loss)`` is called after each optimiser step (``step`` counts from 1). Ctrl-C (or any
+    KeyboardInterrupt, also from ``on_step``) saves a checkpoint of the last finished step and re-raises.
+
+    Returns ``{"losses": [...] (this call's steps), "start": first step, "weights": exported file, "validation":
+    [paths]}``.
+    """
+    from tqdm import tqdm
+
+    os.makedirs(os.path.join(settings.out_dir, "checkpoints"), exist_ok=True)
+    opt = make_optimizer(settings, task.parameters())
+    config = _resume_config(settings, task.config())
+    start = 0
+    existing = checkpoint_paths(settings.out_dir)
+    if existing and settings.resume:
+        ckpt = torch.load(existing[-1], map_location="cpu", weights_only=True)
+        differ = {k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v}
+        if differ:
+            raise ValueError(f"resume: the checkpoint {existing[-1]} was made with other settings "
+                             f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in differ.items())}); use "
+                             f"the same settings, another output folder, or --no-resume")
+        task.load_trainable_state(ckpt["trainable"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["step"])
+    elif existing:
+        raise ValueError(f"out_dir: {settings.out_dir} already holds checkpoints; resume, or choose another folder")
+
+    def save(step: int) -> None:
+        path = os.path.join(settings.out_dir, "checkpoints", f"step_{step:08d}.pt")
+        torch.save({"format": CHECKPOINT_FORMAT, "step": step, "trainable": task.trainable_state(),
+                    "optimizer": opt.state_dict(), "config": config}, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        for old in checkpoint_paths(settings.out_dir)[:-max(1, settings.keep_checkpoints)]:
+            os.remove(old)
+
+    device = settings.torch_device()
+    losses, validation = [], []
+    done = saved = start
+    bar = tqdm(total=settings.steps, initial=start, desc=task.name, unit="step", dynamic_ncols=True)
+    try:
+        for step in range(start, settings.steps):
+            opt.zero_grad(set_to_none=True)
+            with settings.autocast(device):
+                loss = task.loss(step)
+            if not bool(torch.isfinite(loss)):
+                raise FloatingPointError(f"loss: expected a finite value, found {loss.item()} at step {step + 1}; "
+                                         f"lower the learning rate or use fp32")
+            loss.backward()
+            opt.step()
+            done = step + 1
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.5g}")
+            bar.update(1)
+            if done % settings.save_every == 0 or done == settings.steps:
+                save(done)
+                saved = done
+            if settings.val_every and done % settings.val_every == 0:
+                validation.append(task.validate(done, os.path.join(settings.out_dir, "validation")))
+            if on_step is not None:
+                on_step(done, losses[-1])
+    except KeyboardInterrupt:
+        if done > saved:
+            save(done)
+        bar.write(f"{task.name}: stopped at step {done}; run the same command again to resume")
+        raise
+    finally:
+        bar.close()
+    return {"losses": losses, "start": start, "weights": task.export(settings.out_dir), "validation": validation}
+
+
+def save_image_grid(rows: list, path: str) -> str:
+    """Save rows of (N, 3, H, W) [0, 1] tensors side by side (one row per image) as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in zip(*rows)], dim=1)
+    arr = (grid.clamp(0, 1).permute(1, 2, 0).float().cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
