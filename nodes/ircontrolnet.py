@@ -177,19 +177,24 @@ class IRControlNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, control_net_name) -> io.NodeOutput:
-        import comfy.model_management as mm
-        import comfy.model_patcher
+        return io.NodeOutput(load_ircontrolnet(model_file_path("diffbir", control_net_name), control_net_name))
 
-        path = model_file_path("diffbir", control_net_name)
-        sd, metadata = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)", with_metadata=True)
-        try:
-            layout, control_sd = extract_ircontrolnet(sd, metadata)
-            net, _ = build_ircontrolnet(control_sd)
-        except ValueError as e:
-            raise PackError(f"{control_net_name}: {e}") from None
-        patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
-                                                   offload_device=mm.unet_offload_device())
-        return io.NodeOutput(IRControlNetControl(patcher, layout))
+
+def load_ircontrolnet(path: str, name: str) -> IRControlNetControl:
+    """Load an IRControlNet file (any layout :func:`extract_ircontrolnet` knows) into a control; PackError naming
+    ``name`` when the file is not one."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    sd, metadata = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)", with_metadata=True)
+    try:
+        layout, control_sd = extract_ircontrolnet(sd, metadata)
+        net, _ = build_ircontrolnet(control_sd)
+    except ValueError as e:
+        raise PackError(f"{name}: {e}") from None
+    patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    return IRControlNetControl(patcher, layout)
 
 
 def hint_from_condition(condition: dict, convention: str) -> torch.Tensor:

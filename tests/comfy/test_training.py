@@ -186,3 +186,47 @@ def test_stage3_stop_and_resume_equals_an_uninterrupted_run(pack, tiny, stage3_p
     assert resumed["start"] == 2 and resumed["losses"] == full["losses"][2:], (full["losses"], resumed["losses"])
     a, b = load_file(full["weights"]), load_file(resumed["weights"])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------------ command line
+
+def run_train(comfy_dir, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "train.py"
+    return subprocess.run([sys.executable, str(script), "--comfyui", str(comfy_dir), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_py_stage1_with_comfyuis_vae_loader(tiny, image_folder, tmp_path):
+    """The launcher imports ComfyUI and the pack, loads the VAE file with ComfyUI's loader and trains on the CPU."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from tests.support.comfy_host import comfyui_path
+
+    ddconfig = dict(tiny.VAE_CONFIG["ddconfig"], ch=128, ch_mult=[1, 2, 4, 4], num_res_blocks=2)
+    save_file(tiny.seeded_state_dict(AutoencoderKL(ddconfig=ddconfig, embed_dim=4), 1), str(tmp_path / "sd.safetensors"))
+    out = tmp_path / "run"
+    r = run_train(comfyui_path(), "stage1", "--vae", tmp_path / "sd.safetensors", "--data", image_folder, "--out", out,
+                  "--steps", 2, "--crop", 64, "--batch-size", 1, "--device", "cpu", "--val-every", 2, "--val-count", 1,
+                  "--lr", 1e-4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "restoration_vae.safetensors").is_file() and (out / "validation" / "step_00000002.png").is_file()
+    assert "loss=" in r.stderr and "2/2" in r.stderr  # the progress bar
+    again = run_train(comfyui_path(), "stage1", "--vae", tmp_path / "sd.safetensors", "--data", image_folder, "--out",
+                      out, "--steps", 2, "--crop", 64, "--batch-size", 1, "--device", "cpu", "--lr", 2e-4)
+    assert again.returncode == 2 and "other settings" in again.stderr
+
+
+def test_train_py_reports_missing_files(image_folder, tmp_path):
+    from tests.support.comfy_host import comfyui_path
+
+    r = run_train(comfyui_path(), "stage3", "--checkpoint", "no_such_sd21.safetensors", "--control", "x.pth",
+                  "--restoration-vae", "y.safetensors", "--data", image_folder, "--out", tmp_path, "--steps", 1,
+                  "--device", "cpu")
+    assert r.returncode == 2 and "--checkpoint: expected a file path or a name in ComfyUI's 'checkpoints'" in r.stderr
+    r = run_train(tmp_path, "stage1", "--vae", "v", "--data", image_folder, "--out", tmp_path, "--steps", 1)
+    assert r.returncode == 2 and "expected a ComfyUI folder" in r.stderr

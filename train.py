@@ -1,0 +1,55 @@
+"""Train AdaptBIR's missing weights with ComfyUI's models: ``python train.py stage1 ...`` / ``stage3 ...``.
+
+Run it with the Python of your ComfyUI (``python custom_nodes/<this pack>/train.py --help``). It finds ComfyUI
+from ``--comfyui``, ``$COMFYUI_PATH`` or the folder above ``custom_nodes``, then imports this pack as a package.
+This file is a script: ComfyUI never imports it.
+"""
+
+import importlib.util
+import os
+import sys
+
+PACKAGE = "adaptbir_restoration"
+
+
+def comfyui_folder(argv: list[str], pack_dir: str) -> str:
+    for i, a in enumerate(argv):
+        if a == "--comfyui" and i + 1 < len(argv):
+            return os.path.abspath(argv[i + 1])
+        if a.startswith("--comfyui="):
+            return os.path.abspath(a.split("=", 1)[1])
+    if os.environ.get("COMFYUI_PATH"):
+        return os.path.abspath(os.environ["COMFYUI_PATH"])
+    return os.path.dirname(os.path.dirname(pack_dir))
+
+
+def main() -> int:
+    pack_dir = os.path.dirname(os.path.abspath(__file__))
+    comfy_dir = comfyui_folder(sys.argv[1:], pack_dir)
+    if not os.path.isfile(os.path.join(comfy_dir, "comfy", "model_management.py")):
+        print(f"train.py: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
+              f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
+        return 2
+    sys.path.insert(0, comfy_dir)
+    argv = sys.argv[1:]
+    if "--device=cpu" in argv or any(a == "--device" and b == "cpu" for a, b in zip(argv, argv[1:])):
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # before comfy.model_management is imported: ComfyUI stays on the CPU
+    extra = os.path.join(comfy_dir, "extra_model_paths.yaml")
+    if os.path.isfile(extra):  # the same extra model folders ComfyUI's main.py reads
+        from utils.extra_config import load_extra_path_config
+
+        load_extra_path_config(extra)
+    spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(pack_dir, "__init__.py"),
+                                                  submodule_search_locations=[pack_dir])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    from adaptbir_restoration.training.cli import main as cli_main
+
+    return cli_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
