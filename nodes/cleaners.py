@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..modules.swinir import (SIGNATURE_KEYS, SwinIR, build_swinir, describe_config, is_diffbir_swinir_keys,
-                              normalize_swinir_state_dict)
+from ..modules.swinir import (
+    SIGNATURE_KEYS,
+    SwinIR,
+    build_swinir,
+    describe_config,
+    is_diffbir_swinir_keys,
+    normalize_swinir_state_dict,
+)
 from ..modules.tiling import count_tiles, tiled_apply
 from ..modules.weights_kind import describe_weights
-from .common import CATEGORY_ROOT, PackError, check_interrupt, input_image, load_weights, model_file_path
+from .common import (
+    CATEGORY_ROOT,
+    PackError,
+    check_interrupt,
+    file_fingerprint,
+    input_image,
+    load_weights,
+    model_file_path,
+)
 
 CAT_STAGE1 = f"{CATEGORY_ROOT}/stage1"
 RESTORER_FOLDER = "diffbir"
@@ -136,11 +149,7 @@ class RestorerLoader(io.ComfyNode):
     @classmethod
     def fingerprint_inputs(cls, restorer_name, precision="auto"):
         # Reload when the file changes on disk, not only when the widget changes.
-        try:
-            st = os.stat(model_file_path(RESTORER_FOLDER, restorer_name))
-        except PackError:
-            return None
-        return (restorer_name, precision, st.st_size, st.st_mtime_ns)
+        return (restorer_name, precision, file_fingerprint(RESTORER_FOLDER, restorer_name))
 
     @classmethod
     def execute(cls, restorer_name, precision="auto") -> io.NodeOutput:

@@ -34,6 +34,15 @@ def model_file_path(folder: str, filename: str) -> str:
     return path
 
 
+def file_fingerprint(folder: str, filename: str):
+    """(size, mtime) of a model file, so a loader node reruns when the file on disk changes; None if missing."""
+    try:
+        st = os.stat(model_file_path(folder, filename))
+    except PackError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
 def load_weights(path: str, what: str, with_metadata: bool = False):
     """Load a state dict safely: safetensors, or a PyTorch file with ``weights_only=True`` (no code runs).
 

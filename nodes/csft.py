@@ -12,8 +12,6 @@ How it hooks in (ComfyUI 0.3.75 and later, no weight-bearing module is replaced,
 
 from __future__ import annotations
 
-import os
-
 import torch
 from comfy_api.latest import io
 
@@ -22,7 +20,13 @@ from ..modules.csft import (
     csft_config_from_state_dict,
     csft_state_dict_from_checkpoint,
 )
-from .common import PackError, RestoreParams, load_weights, model_file_path
+from .common import (
+    PackError,
+    RestoreParams,
+    file_fingerprint,
+    load_weights,
+    model_file_path,
+)
 from .ircontrolnet import CAT_CONTROL, FEATURES, WANT_FEATURES, IRControlNetType
 
 CSFTType = io.Custom("ADAPTBIR_CSFT")
@@ -201,11 +205,7 @@ class CSFTLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, csft_name):
-        try:
-            st = os.stat(model_file_path("diffbir", csft_name))
-        except PackError:
-            return None
-        return (st.st_size, st.st_mtime_ns)
+        return file_fingerprint("diffbir", csft_name)
 
     @classmethod
     def execute(cls, csft_name) -> io.NodeOutput:

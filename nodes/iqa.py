@@ -9,8 +9,15 @@ from comfy_api.latest import io, ui
 
 from ..modules import iqa as iqa_mod
 from ..modules.image_ops import downscale_max_side, upscale_min_side
-from .common import (CAT_QUALITY, PackError, RestoreParams, check_interrupt, input_image, load_weights,
-                     show_text_on_node)
+from .common import (
+    CAT_QUALITY,
+    PackError,
+    RestoreParams,
+    check_interrupt,
+    input_image,
+    load_weights,
+    show_text_on_node,
+)
 
 IQA_FOLDER = "iqa"
 WEIGHTS_SOURCE = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import comfy.cldm.cldm
 import comfy.controlnet
 import torch
@@ -11,7 +9,13 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from comfy_api.latest import io
 
 from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
-from .common import PackError, RestoreCondition, load_weights, model_file_path
+from .common import (
+    PackError,
+    RestoreCondition,
+    file_fingerprint,
+    load_weights,
+    model_file_path,
+)
 from .latent import encode_condition_image
 
 CAT_CONTROL = "restoration/control"
@@ -169,11 +173,7 @@ class IRControlNetLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, control_net_name):
-        try:
-            st = os.stat(model_file_path("diffbir", control_net_name))
-        except PackError:
-            return None
-        return (st.st_size, st.st_mtime_ns)
+        return file_fingerprint("diffbir", control_net_name)
 
     @classmethod
     def execute(cls, control_net_name) -> io.NodeOutput:

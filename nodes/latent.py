@@ -7,7 +7,15 @@ from comfy_api.latest import io
 
 from ..modules.image_ops import crop_bhwc, pad_to_multiple, to_bhwc
 from ..modules.latent_mix import mix_latents
-from .common import CAT_IMAGE, CAT_LATENT, PackError, RestoreCondition, RestoreParams, check_interrupt, input_image
+from .common import (
+    CAT_IMAGE,
+    CAT_LATENT,
+    PackError,
+    RestoreCondition,
+    RestoreParams,
+    check_interrupt,
+    input_image,
+)
 
 # Key under which a LATENT carries the original image size; samplers copy the dict, so it survives sampling.
 CROP_KEY = "adaptbir_crop"

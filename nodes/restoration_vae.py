@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from comfy_api.latest import io
 
 from ..modules.vae_layout import kl_vae_config, restoration_vae_state_dict
 from .common import (
     CAT_LATENT,
     PackError,
+    file_fingerprint,
     load_weights,
     model_file_path,
     show_text_on_node,
@@ -68,11 +67,7 @@ class RestorationVAELoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, vae=None):
-        try:
-            st = os.stat(model_file_path("diffbir", ckpt_name))
-        except PackError:
-            return None
-        return (st.st_size, st.st_mtime_ns)
+        return file_fingerprint("diffbir", ckpt_name)
 
     @classmethod
     def execute(cls, ckpt_name, vae=None) -> io.NodeOutput:
