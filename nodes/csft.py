@@ -73,7 +73,7 @@ def load_csft(sd: dict, metadata: dict, source: str) -> CSFTWeights:
         config = csft_config_from_state_dict(csft_sd)
     except ValueError as e:
         raise PackError(f"{source}: {e}") from None
-    return CSFTWeights({k: v for k, v in csft_sd.items()}, config, source, metadata)
+    return CSFTWeights(csft_sd, config, source, metadata)
 
 
 def _unet_of(model):
@@ -139,11 +139,10 @@ class CSFTPatch:
         features = transformer_options[FEATURES]
         if features is None:  # the control is off at this step (strength 0 or outside its percent range)
             return h
+        w = self._weights(h.shape[0], transformer_options)
         try:
-            return self.module.modulate(index, h, features, self._weights(h.shape[0], transformer_options))
+            return self.module.modulate(index, h, features, w)
         except ValueError as e:
-            if isinstance(e, PackError):
-                raise
             raise PackError(f"CSFT Apply: the control features do not fit the UNet ({e})") from None
 
     def __call__(self, h, hsp, transformer_options):

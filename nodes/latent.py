@@ -57,6 +57,24 @@ def post_quant(vae, z: torch.Tensor) -> torch.Tensor | None:
     return out.to(device=z.device, dtype=torch.float32)
 
 
+def dual_encode(restoration_vae, internal_vae, pixels_bchw: torch.Tensor, ks: torch.Tensor,
+                tile_size: int = 0) -> torch.Tensor:
+    """AdaptBIR's dual-encoder latent z = (1 - k) * z_restoration + k * z_internal, raw VAE space, float32.
+
+    ``pixels_bchw`` (B,3,H,W) [0,1] already padded to the VAE compression; ``ks`` (B,) in [0, 1]. An encoder whose
+    weight is 0 for every image is not run.
+    """
+    check_interrupt()
+    z_r = encode(restoration_vae, pixels_bchw, tile_size) if bool((ks < 1).any()) else None
+    check_interrupt()
+    z_i = encode(internal_vae, pixels_bchw, tile_size) if bool((ks > 0).any()) else None
+    if z_r is None:
+        z_r = torch.zeros_like(z_i)
+    if z_i is None:
+        z_i = torch.zeros_like(z_r)
+    return mix_latents(z_r, z_i, ks)
+
+
 def make_condition(vae, z: torch.Tensor, padded: torch.Tensor, pad: tuple[int, int], size: tuple[int, int],
                    k: torch.Tensor) -> dict:
     """The ADAPTBIR_CONDITION hand-off: ``samples`` (raw latent z, (B,C,h,w)), ``post_quant`` (z after ``vae``'s
@@ -144,18 +162,7 @@ class DualEncoderInterpolate(io.ComfyNode):
             ks = torch.full((b,), float(k))
 
         padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
-        # k = 0 or k = 1 for every image: the other encoder is not needed.
-        need_r = bool((ks < 1).any())
-        need_i = bool((ks > 0).any())
-        check_interrupt()
-        z_r = encode(restoration_vae, padded, tile_size) if need_r else None
-        check_interrupt()
-        z_i = encode(internal_vae, padded, tile_size) if need_i else None
-        if z_r is None:
-            z_r = torch.zeros_like(z_i)
-        if z_i is None:
-            z_i = torch.zeros_like(z_r)
-        z = mix_latents(z_r, z_i, ks)
+        z = dual_encode(restoration_vae, internal_vae, padded, ks, tile_size)
 
         condition = make_condition(internal_vae, z, padded, pad, (h, w), ks.clone())
         return io.NodeOutput({"samples": z, CROP_KEY: condition["crop"]}, condition)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.utils.checkpoint
@@ -44,7 +44,6 @@ class TrainSettings:
     grad_checkpointing: str = "auto"
     overfit_batch: bool = False
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.steps < 1 or self.lr <= 0 or self.batch_size < 1:

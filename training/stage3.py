@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import os
 
+import comfy.model_management as mm
+import comfy.patcher_extension
+import comfy.sample
 import torch
 import torch.nn.functional as F
 
-from ..modules.csft import CSFT
+from ..modules.csft import CSFT, csft_config_from_state_dict
 from ..modules.degradations import mild_degrade
 from ..modules.iqa import params_from_scores, score_images
-from ..modules.latent_mix import mix_latents
 from ..nodes.csft import WRAPPER_KEY, CSFTPatch, CSFTWeights, patch_model
 from ..nodes.ircontrolnet import FEATURES, hint_from_condition
-from ..nodes.latent import encode, post_quant
+from ..nodes.latent import dual_encode, encode, post_quant
 from .data import CropBatches
 from .loop import TrainingTask, gradient_checkpointing, save_image_grid
 
@@ -48,8 +50,6 @@ class CSFTTask(TrainingTask):
     def __init__(self, model, vae, restoration_vae, control, context, data: CropBatches, settings, musiq=None,
                  fixed_kw=(1.0, 1.0), csft_init=None, sft_channels: int = 128, val_steps: int = 20,
                  base_model: str = ""):
-        import comfy.model_management as mm
-
         unet = model.get_model_object("diffusion_model")
         self.device = settings.torch_device()
         mm.load_models_gpu([model, control.patcher])
@@ -58,8 +58,6 @@ class CSFTTask(TrainingTask):
         config = {"model_channels": unet.model_channels, "channel_mult": tuple(unet.channel_mult),
                   "num_res_blocks": unet.num_res_blocks[0], "sft_channels": sft_channels}
         if csft_init is not None:
-            from ..modules.csft import csft_config_from_state_dict
-
             config = csft_config_from_state_dict(csft_init)
         with torch.random.fork_rng(devices=[]):  # a reproducible start that leaves the global RNG alone
             torch.manual_seed(settings.seed)
@@ -97,10 +95,7 @@ class CSFTTask(TrainingTask):
         else:
             k = torch.full((lq.shape[0],), float(self.fixed_kw[0]))
             w = torch.full((lq.shape[0],), float(self.fixed_kw[1]), dtype=torch.float64)
-        z_r = encode(self.restoration_vae, lq, 0) if bool((k < 1).any()) else None
-        z_i = encode(self.vae, lq, 0) if bool((k > 0).any()) else None
-        z = mix_latents(z_r if z_r is not None else torch.zeros_like(z_i),
-                        z_i if z_i is not None else torch.zeros_like(z_r), k)
+        z = dual_encode(self.restoration_vae, self.vae, lq, k)
         hint = hint_from_condition({"samples": z, "post_quant": post_quant(self.vae, z)}, "adaptbir")
         return hint, k, w
 
@@ -119,8 +114,6 @@ class CSFTTask(TrainingTask):
 
     def loss(self, step):
         hq, hint, w, g = self._batch(step)
-        import comfy.model_management as mm
-
         mm.load_models_gpu([self.model, self.control.patcher])  # the VAE encodes may have moved them off
         base = self.model.model
         ms = base.model_sampling
@@ -136,8 +129,6 @@ class CSFTTask(TrainingTask):
             control, features = self.net(torch.cat([x_in, hint.to(self.device, dtype)], dim=1),
                                          ms.timestep(sigma).float(), context.to(dtype), return_features=True)
         patch = CSFTPatch(self.csft, w)
-        import comfy.patcher_extension
-
         opts = {"patches": {"output_block_patch": [patch]}, FEATURES: features, "cond_or_uncond": [0],
                 "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {WRAPPER_KEY: [patch.wrap_unet]}}}
         with gradient_checkpointing(self._ckpt, self.settings.checkpointing(self.device)):
@@ -151,8 +142,6 @@ class CSFTTask(TrainingTask):
     @torch.no_grad()
     def validate(self, step, folder):
         """Sample the validation crops with the current CSFT through ComfyUI's sampler; saves LQ | result | HQ."""
-        import comfy.sample
-
         hq = self.data.validation(self.settings.val_count)
         lq, _ = mild_degrade(hq, torch.Generator().manual_seed(self.settings.seed))
         hint, _, w = self.condition(lq)
