@@ -13,13 +13,15 @@ from . import (
     latent,
     restoration_vae,
     sampling,
+    supir,
 )
 
 
 def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
     return [*iqa.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
-            *ircontrolnet.NODES, *csft.NODES, *sampling.NODES]
+            *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
+            *supir.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

@@ -10,6 +10,7 @@ WEIGHT_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 PACK_FOLDERS = {
     "iqa": "iqa",  # MUSIQ weights published by pyiqa
     "diffbir": "diffbir",  # DiffBIR IRControlNet weights and stage-1 restorers (SwinIR)
+    "supir": "supir",  # SUPIR-v0Q / v0F adapters (original .ckpt or fp16 pruned .safetensors)
 }
 
 

@@ -89,6 +89,9 @@ CHECKED_PATCHING_NODES = {
     "AdaptBIR_CSFTApply": ("tests.comfy.test_csft_apply", "test_csft_apply_does_not_mutate_the_model"),
     "AdaptBIR_ApplyRestorationGuidance": ("tests.comfy.test_restoration_sampler",
                                           "test_guidance_patch_works_with_the_stock_ksampler_and_leaves_the_model_alone"),
+    "AdaptBIR_LoRASUPIRLoader": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
+    "AdaptBIR_SUPIRApply": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
+    "AdaptBIR_SUPIRConditioning": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
 }
 
 

@@ -56,6 +56,20 @@ class TinyConditioning(io.ComfyNode):
         return io.NodeOutput(tiny.tiny_conditioning(text, seed, sdxl=sdxl))
 
 
+class TinyCLIP(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIRTest_TinyCLIP", display_name="Tiny CLIP (tests)", category="testing",
+            description="ComfyUI's CLIP tokenizer with a tiny seeded text model that fits the tiny SDXL UNet.",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="weights seed")],
+            outputs=[io.Clip.Output("clip", tooltip="tiny CLIP")])
+
+    @classmethod
+    def execute(cls, seed):
+        return io.NodeOutput(tiny.tiny_clip(seed))
+
+
 class TensorImage(io.ComfyNode):
     """Feeds a tensor that a test put in ``tiny.IMAGES[name]`` into a graph."""
 
@@ -93,7 +107,7 @@ class Sink(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, TinyVAE, TinyConditioning, TensorImage, Sink]
+        return [TinyCheckpoint, TinyVAE, TinyConditioning, TinyCLIP, TensorImage, Sink]
 
 
 async def comfy_entrypoint():

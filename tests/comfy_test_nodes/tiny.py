@@ -16,7 +16,7 @@ import torch
 IMAGES: dict = {}  # name -> IMAGE tensor, filled by tests for the AdaptBIRTest_Image node
 
 CONTEXT_DIM = 64
-POOLED_DIM = 32
+POOLED_DIM = 64
 
 SD2_UNET = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
@@ -162,3 +162,39 @@ def tiny_csft_state_dict(seed: int = 0, std: float = 1.0) -> dict:
     )
 
     return seeded_state_dict(CSFT(**TINY_CSFT), seed, std)
+
+
+TINY_CLIP_CONFIG = {
+    "hidden_act": "quick_gelu", "hidden_size": CONTEXT_DIM, "intermediate_size": 2 * CONTEXT_DIM,
+    "num_attention_heads": 2, "num_hidden_layers": 2, "max_position_embeddings": 77, "projection_dim": POOLED_DIM,
+    "vocab_size": 49408, "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
+
+
+@functools.lru_cache(maxsize=2)
+def _clip_weights(seed: int):
+    return seeded_state_dict(_tiny_clip_class()(device="cpu", dtype=torch.float32), seed, std=0.5)
+
+
+def _tiny_clip_class():
+    import comfy.sd1_clip
+
+    class TinyClipModel(comfy.sd1_clip.SD1ClipModel):
+        """ComfyUI's SD1 CLIP-L wrapper (real tokenizer, real text model) at 2 layers x 64 wide."""
+
+        def __init__(self, device="cpu", dtype=None, model_options={}):
+            super().__init__(device=device, dtype=dtype, model_options=model_options,
+                             clip_model=comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(TINY_CLIP_CONFIG))
+    return TinyClipModel
+
+
+def tiny_clip(seed: int = 0):
+    """A comfy.sd.CLIP with ComfyUI's CLIP tokenizer and a tiny seeded text model (context 64, pooled 32, float32),
+    whose conditioning fits the tiny SDXL UNet."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, _tiny_clip_class())
+    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32})
+    clip.cond_stage_model.load_state_dict(dict(_clip_weights(seed)), strict=True)
+    return clip
