@@ -431,3 +431,40 @@ def test_supir_nodes_leave_their_inputs_alone(host, tiny, supir_files, lora_file
     assert all(torch.equal(before[6][k], after[6][k]) for k in before[6])
     assert m2 is not model and m3 is not m2 and m2.patches and not model.patches
     assert not m2.wrappers and m3.wrappers and supir.patcher.patches  # the adapter LoRA is on a clone
+
+
+def custom_sampler_graph(tiny, steps=3):
+    """SUPIR Apply -> SamplerCustom with SUPIR EDM Sampler and the 'normal' scheduler (node 8)."""
+    p = graph(tiny)
+    p["22"] = {"class_type": "AdaptBIR_SUPIRSampler", "inputs": {"s_churn": 5.0, "s_noise": 1.01}}
+    p["23"] = {"class_type": "BasicScheduler", "inputs": {"model": ["6", 0], "scheduler": "normal", "steps": steps,
+                                                          "denoise": 1.0}}
+    p["8"] = {"class_type": "SamplerCustom", "inputs": {
+        "model": ["6", 0], "add_noise": True, "noise_seed": 3, "cfg": 3.0, "positive": ["3", 0],
+        "negative": ["4", 0], "sampler": ["22", 0], "sigmas": ["23", 0], "latent_image": ["6", 1]}}
+    return p
+
+
+def test_sampler_custom_progress_per_step_and_cancel_inside_a_step(host, tiny, supir_files, monkeypatch):
+    import comfy.model_management
+    import comfy.utils
+
+    progress = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, *a, **k: progress.append((value, total)))
+    out = sampled(host, custom_sampler_graph(tiny))
+    assert torch.isfinite(out).all()
+    assert [p for p in progress if p[1] == 3] == [(1, 3), (2, 3), (3, 3)]
+
+    calls = []
+
+    def interrupt_on_fourth():
+        calls.append(1)
+        if len(calls) == 4:
+            raise comfy.model_management.InterruptProcessingException()
+
+    monkeypatch.setattr(comfy.model_management, "throw_exception_if_processing_interrupted", interrupt_on_fourth)
+    progress.clear()
+    with pytest.raises(ExecutionFailed) as e:
+        sampled(host, custom_sampler_graph(tiny, steps=4))
+    assert any(ev == "execution_interrupted" for ev, _ in e.value.messages)
+    assert not [p for p in progress if p[1] == 4]  # stopped inside the first step's adapter pass
