@@ -86,12 +86,13 @@ def make_condition(vae, z: torch.Tensor, padded: torch.Tensor, pad: tuple[int, i
             "image": padded.permute(0, 2, 3, 1).contiguous()}
 
 
-def encode_condition_image(image, vae, pad_multiple: int = 64) -> dict:
-    """Encode an IMAGE (e.g. the stage-1 result) with one VAE into a condition (k = 1 for every image)."""
+def encode_condition_image(image, vae, pad_multiple: int = 64, tile_size: int = 0, k: float = 1.0) -> dict:
+    """Encode an IMAGE (e.g. the stage-1 result) with one VAE into a condition, recording ``k`` for every image
+    (1 = the internal VAE; 0 = a restoration encoder such as SUPIR's). ``tile_size`` as for :func:`encode`."""
     x = input_image(image, "image")
     padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
-    z = encode(vae, padded, 0)
-    return make_condition(vae, z, padded, pad, tuple(x.shape[-2:]), torch.ones(x.shape[0]))
+    z = encode(vae, padded, tile_size)
+    return make_condition(vae, z, padded, pad, tuple(x.shape[-2:]), torch.full((x.shape[0],), float(k)))
 
 
 class DualEncoderInterpolate(io.ComfyNode):

@@ -20,11 +20,10 @@ from .common import (
     RestoreCondition,
     RestoreParams,
     file_fingerprint,
-    input_image,
     load_weights,
     model_file_path,
 )
-from .latent import CROP_KEY, encode, make_condition
+from .latent import CROP_KEY, encode, encode_condition_image
 from .restoration_vae import build_vae
 from .supir_model import (
     ADDITIONAL_KEY,
@@ -229,9 +228,8 @@ class LoRASUPIRLoader(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model, vae, supir_name, clip=None, loras=None):
-        return (file_fingerprint("supir", supir_name), repr(loras),
-                tuple(file_fingerprint("loras", e["name"]) for e in loras or []))
+    def fingerprint_inputs(cls, supir_name, **kwargs):
+        return file_fingerprint("supir", supir_name)
 
     @classmethod
     def execute(cls, model, vae, supir_name, clip=None, loras=None) -> io.NodeOutput:
@@ -373,8 +371,6 @@ class SUPIRApply(io.ComfyNode):
     def execute(cls, model, supir, control_scale_start=1.0, control_scale_end=1.0, cfg_start=1.0, restore_cfg=-1.0,
                 restore_cfg_s_tmin=0.05, pad_multiple=64, tile_size=0, image=None, condition=None, params=None,
                 params_scale_min=0.9) -> io.NodeOutput:
-        from ..modules.image_ops import pad_to_multiple
-
         unet_config = getattr(getattr(model.model, "model_config", None), "unet_config", None) or {}
         if unet_signature(unet_config) != supir.signature:
             raise PackError("model: expected the SDXL model the SUPIR adapter was loaded for (connect model_out of "
@@ -387,10 +383,7 @@ class SUPIRApply(io.ComfyNode):
             if supir.stage1_vae is None:
                 raise PackError(f"image: the SUPIR file {supir.source} has no denoise encoder; encode the image "
                                 f"with Dual Encoder Interpolate and connect its condition instead")
-            x = input_image(image, "image")
-            padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
-            z = encode(supir.stage1_vae, padded, tile_size)
-            condition = make_condition(supir.vae, z, padded, pad, tuple(x.shape[-2:]), torch.zeros(x.shape[0]))
+            condition = encode_condition_image(image, supir.stage1_vae, pad_multiple, tile_size, k=0.0)
         z = condition["samples"].float()
         if z.ndim != 4 or z.shape[1] != model.model.latent_format.latent_channels:
             raise PackError(f"condition: expected an SDXL latent with {model.model.latent_format.latent_channels} "

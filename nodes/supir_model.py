@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import comfy.cldm.cldm
 import torch
-from comfy.ldm.modules.diffusionmodules.openaimodel import TimestepEmbedSequential, Upsample
+from comfy.ldm.modules.diffusionmodules.openaimodel import (
+    TimestepEmbedSequential,
+    Upsample,
+)
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..modules.supir import SUPIRConnectors, linear_in_sigma, supir_layout
@@ -65,7 +68,7 @@ class SUPIRAdapterModule(SUPIRConnectors):
     ModelPatcher carries (and LoRA-patches) the whole adapter. Keys = the bare SUPIR layout."""
 
     def __init__(self, control_config: dict, layout, device, dtype, operations):
-        import comfy.ldm.modules.attention as attention
+        from comfy.ldm.modules import attention
 
         super().__init__(layout, device=device, dtype=dtype, operations=operations,
                          attention_cls=attention.CrossAttention)

@@ -44,6 +44,24 @@ def swinir_file(host):
     return SWINIR
 
 
+def write_kohya_lora(host, file_name: str, layers, seed: int, scale: float) -> str:
+    """Save a kohya-style LoRA (rank 4, alpha 4) on 3x3 convolutions ``layers`` = [(lora_unet name, channels)] in
+    the host's models/loras folder (registered with ComfyUI); returns ``file_name``."""
+    import folder_paths
+
+    d = host.models_dir / "loras"
+    d.mkdir(exist_ok=True)
+    folder_paths.add_model_folder_path("loras", str(d), is_default=True)
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, ch in layers:
+        sd[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, ch, 3, 3, generator=g) * scale
+        sd[f"lora_unet_{name}.lora_up.weight"] = torch.randn(ch, 4, 1, 1, generator=g) * scale
+        sd[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
+    save_file(sd, str(d / file_name))
+    return file_name
+
+
 def image_node(tiny, name, tensor):
     tiny.IMAGES[name] = tensor
     return {"class_type": "AdaptBIRTest_Image", "inputs": {"name": name}}

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from modules.csft import CSFT
-from tests.comfy.conftest import image_node, iqa_node, sample_images
+from tests.comfy.conftest import image_node, iqa_node, sample_images, write_kohya_lora
 from tests.support.comfy_host import ExecutionFailed
 
 CSFT_FILE = "tiny_csft.safetensors"
@@ -25,19 +25,7 @@ def csft_file(host, tiny):
 @pytest.fixture(scope="module")
 def lora_file(host):
     """A kohya-style LoRA on two decoder convolutions of the tiny UNet (one CSFT modulates right after)."""
-    import folder_paths
-
-    d = host.models_dir / "loras"
-    d.mkdir(exist_ok=True)
-    folder_paths.add_model_folder_path("loras", str(d), is_default=True)
-    g = torch.Generator().manual_seed(3)
-    sd = {}
-    for name, ch in (("output_blocks_11_0_out_layers_3", 64), ("output_blocks_2_0_out_layers_3", 128)):
-        sd[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, ch, 3, 3, generator=g) * 0.2
-        sd[f"lora_unet_{name}.lora_up.weight"] = torch.randn(ch, 4, 1, 1, generator=g) * 0.2
-        sd[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
-    save_file(sd, str(d / LORA_FILE))
-    return LORA_FILE
+    return write_kohya_lora(host, LORA_FILE, [("output_blocks_11_0_out_layers_3", 64), ("output_blocks_2_0_out_layers_3", 128)], seed=3, scale=0.2)
 
 
 def csft_graph(tiny, irc_file, csft_file, w=1.0, csft=True, lora=None, lora_first=True, strength=1.0, batch=1,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.comfy.conftest import image_node, iqa_node, sample_images
+from tests.comfy.conftest import image_node, iqa_node, sample_images, write_kohya_lora
 from tests.support.comfy_host import ExecutionFailed
 
 SUPIR_FILE = "tiny_supir_v0q.safetensors"
@@ -62,19 +62,7 @@ def supir_files(host, sm, sdxl, tiny):
 @pytest.fixture(scope="module")
 def lora_file(host):
     """A kohya-style LoRA on an encoder and a decoder convolution of the tiny SDXL UNet."""
-    import folder_paths
-
-    d = host.models_dir / "loras"
-    d.mkdir(exist_ok=True)
-    folder_paths.add_model_folder_path("loras", str(d), is_default=True)
-    g = torch.Generator().manual_seed(11)
-    sd = {}
-    for name, ch in (("input_blocks_1_0_out_layers_3", 32), ("output_blocks_8_0_out_layers_3", 32)):
-        sd[f"lora_unet_{name}.lora_down.weight"] = torch.randn(4, ch, 3, 3, generator=g) * 0.3
-        sd[f"lora_unet_{name}.lora_up.weight"] = torch.randn(ch, 4, 1, 1, generator=g) * 0.3
-        sd[f"lora_unet_{name}.alpha"] = torch.tensor(4.0)
-    save_file(sd, str(d / LORA_FILE))
-    return LORA_FILE
+    return write_kohya_lora(host, LORA_FILE, [("input_blocks_1_0_out_layers_3", 32), ("output_blocks_8_0_out_layers_3", 32)], seed=11, scale=0.3)
 
 
 def graph(tiny, supir_name=SUPIR_FILE, scale=(1.0, 1.0), supir=True, loras=(), lora_loader=None,
@@ -421,9 +409,9 @@ def test_supir_nodes_leave_their_inputs_alone(host, tiny, supir_files, lora_file
 
     before = state()
     loras = [{"name": lora_file, "strength_model": 1.0, "strength_clip": 1.0, "strength_adapter": 1.0}]
-    m2, c2, v2, supir, stage1 = host.node_class("AdaptBIR_LoRASUPIRLoader").execute(
+    m2, c2, _vae, supir, _stage1 = host.node_class("AdaptBIR_LoRASUPIRLoader").execute(
         model=model, vae=vae, supir_name=SUPIR_FILE, clip=clip, loras=loras).result
-    m3, latent, condition = host.node_class("AdaptBIR_SUPIRApply").execute(
+    m3, _latent, _condition = host.node_class("AdaptBIR_SUPIRApply").execute(
         model=m2, supir=supir, image=sample_images(1, 64, 64), restore_cfg=1.0).result
     host.node_class("AdaptBIR_SUPIRConditioning").execute(clip=c2)
     after = state()

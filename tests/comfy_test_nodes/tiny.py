@@ -181,8 +181,8 @@ def _tiny_clip_class():
     class TinyClipModel(comfy.sd1_clip.SD1ClipModel):
         """ComfyUI's SD1 CLIP-L wrapper (real tokenizer, real text model) at 2 layers x 64 wide."""
 
-        def __init__(self, device="cpu", dtype=None, model_options={}):
-            super().__init__(device=device, dtype=dtype, model_options=model_options,
+        def __init__(self, device="cpu", dtype=None, model_options=None):
+            super().__init__(device=device, dtype=dtype, model_options=model_options or {},
                              clip_model=comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(TINY_CLIP_CONFIG))
     return TinyClipModel
 
