@@ -49,5 +49,15 @@ PYEOF
   rm -f "$CONSTRAINTS" "$HOST_REQ"
   echo "$WANT" >"$STAMP"
 fi
+# The browser tests drive the real ComfyUI page in the distribution's Chromium (Playwright only drives it).
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing the distribution's chromium for the browser tests"
+    SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[setup] WARNING: no chromium and no apt-get: install Chromium for the browser tests (CHROMIUM_PATH)"
+  fi
+fi
 "$PY" -c "import torch, torchvision, pyiqa, diffusers, kornia, einops, safetensors" 
 echo "[setup] ready: $PY, ComfyUI at $HOST_DIR ($(cat "$HOST_DIR/comfyui_version.py" | grep __version__))"

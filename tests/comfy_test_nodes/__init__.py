@@ -25,6 +25,24 @@ class TinyCheckpoint(io.ComfyNode):
         return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_vae(seed))
 
 
+class TinyCheckpointLoader(io.ComfyNode):
+    """Stands in for CheckpointLoaderSimple in example workflows: the same three outputs."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIRTest_TinyCheckpointLoader", display_name="Tiny Checkpoint Loader (tests)",
+            category="testing", description="A tiny seeded UNet, CLIP and VAE with CheckpointLoaderSimple's outputs.",
+            inputs=[io.Combo.Input("kind", options=KINDS, default="sd2-eps", tooltip="architecture"),
+                    io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="weights seed")],
+            outputs=[io.Model.Output("model", tooltip="tiny model"), io.Clip.Output("clip", tooltip="tiny CLIP"),
+                     io.Vae.Output("vae", tooltip="tiny VAE")])
+
+    @classmethod
+    def execute(cls, kind, seed):
+        return io.NodeOutput(tiny.tiny_model(kind, seed), tiny.tiny_clip(seed), tiny.tiny_vae(seed))
+
+
 class TinyVAE(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -107,7 +125,7 @@ class Sink(io.ComfyNode):
 
 class TestNodes(ComfyExtension):
     async def get_node_list(self):
-        return [TinyCheckpoint, TinyVAE, TinyConditioning, TinyCLIP, TensorImage, Sink]
+        return [TinyCheckpoint, TinyCheckpointLoader, TinyVAE, TinyConditioning, TinyCLIP, TensorImage, Sink]
 
 
 async def comfy_entrypoint():

@@ -1,0 +1,241 @@
+"""The example workflows against the real page and the executor.
+
+* Static: every node type exists, every widget value of a pack node fits its schema (count, type, range/options).
+* Browser (real ComfyUI 0.3.75 server + headless Chromium): each workflow loads with no missing node and no error,
+  the template browser lists them, and the page's own ``graphToPrompt`` converts each to the API format.
+* Executor: each converted prompt, with tiny models in place of the real files, runs in ComfyUI's executor.
+* One workflow is queued from the page with tiny models and its output image appears on its Save Image node.
+Screenshots go to ``tests/artifacts/``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from tests.comfy.conftest import KONIQ_FILE, write_kohya_lora
+from tests.conftest import musiq_with_level
+from tests.support.browser import chromium_path, comfy_page, comfy_server, http_json, page_problems
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHECKPOINT_KIND = {"v2-1_512-ema-pruned.safetensors": "sd2-eps", "sd2.1-base-zsnr-laionaes5.ckpt": "sd2-v-zsnr",
+                   "sd_xl_base_1.0_0.9vae.safetensors": "sdxl"}
+FAST = {"steps": 2}  # fewer sampling steps for the tiny runs
+
+
+def load(path):
+    return json.loads(path.read_text())
+
+
+def test_workflows_exist():
+    assert {p.stem for p in WORKFLOWS} >= {"adaptbir_sd21", "diffbir_v2_guidance", "diffbir_v21_zsnr", "supir_lora"}
+
+
+def _widget_inputs(cls):
+    """[(name, spec)] of the inputs the page shows as widgets, in its order, with the extra seed-control widget."""
+    types = cls.INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, spec in (types.get(section) or {}).items():
+            kind = spec[0]
+            opts = spec[1] if len(spec) > 1 else {}
+            if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"):
+                out.append((name, spec))
+                if opts.get("control_after_generate"):
+                    out.append(("control_after_generate", (["fixed", "increment", "decrement", "randomize"],)))
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_node_types_exist_and_pack_widgets_fit_their_schema(host, path):
+    wf = load(path)
+    for node in wf["nodes"]:
+        assert node["type"] in host.nodes.NODE_CLASS_MAPPINGS, (path.name, node["type"])
+        if not node["type"].startswith("AdaptBIR"):
+            continue
+        cls = host.node_class(node["type"])
+        widgets = _widget_inputs(cls)
+        values = node.get("widgets_values") or []
+        assert len(values) == len(widgets), (node["type"], values, [w[0] for w in widgets])
+        for (name, spec), value in zip(widgets, values):
+            kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+            if isinstance(kind, list) or kind == "COMBO":
+                assert isinstance(value, str), (node["type"], name, value)
+                options = kind if isinstance(kind, list) else opts.get("options", [])
+                # file lists depend on the user's folders; fixed option lists must contain the value
+                if not name.endswith("_name") and name not in ("weights",):
+                    assert value in options, (node["type"], name, value, options)
+            elif kind in ("INT", "FLOAT"):
+                assert isinstance(value, (int, float)) and not isinstance(value, bool), (node["type"], name, value)
+                assert opts.get("min", -1e30) <= value <= opts.get("max", 1e30), (node["type"], name, value)
+                if kind == "INT":
+                    assert float(value).is_integer(), (node["type"], name, value)
+            elif kind == "STRING":
+                assert isinstance(value, str)
+            elif kind == "BOOLEAN":
+                assert isinstance(value, bool)
+
+
+def test_loaders_carry_download_info():
+    for path in WORKFLOWS:
+        for node in load(path)["nodes"]:
+            for m in node.get("properties", {}).get("models", []):
+                assert m["url"].startswith("https://") and m["name"] in m["url"] and m["directory"], m
+                assert m["name"] in (node.get("widgets_values") or []) or node["type"] == "AdaptBIR_IQAClassifier"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tiny stand-ins under the real file names
+# ----------------------------------------------------------------------------------------------------------------
+
+def write_tiny_files(models: Path, inputs: Path, tiny, sm_module=None, sdxl=None, musiq_state=None):
+    """Tiny weights with the workflows' file names; returns nothing. ``models`` is a ComfyUI models folder."""
+    from tests.comfy.test_cleaners import tiny_swinir
+
+    for sub in ("diffbir", "iqa", "supir", "loras"):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+    irc = tiny.tiny_ircontrolnet_state_dict(0)
+    for name in ("v2.pth", "DiffBIR_v2.1.pt"):
+        torch.save(irc, models / "diffbir" / name)
+    torch.save({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()},
+               models / "diffbir" / "realesrgan_s4_swinir_100k.pth")
+    meta = {"adaptbir_kind": "csft", "format_version": "1", "base_model": "tiny-sd2", "hint_convention": "adaptbir"}
+    save_file(tiny.tiny_csft_state_dict(0), str(models / "diffbir" / "adaptbir_csft.safetensors"), metadata=meta)
+    if musiq_state is not None:
+        torch.save({"params": musiq_with_level(musiq_state, 60.0)}, models / "iqa" / KONIQ_FILE)
+    if sm_module is not None:
+        from tests.comfy.test_supir import tiny_adapter_sd
+
+        sd = {"model." + k if k.startswith("control_model.") else "model.diffusion_model." + k: v
+              for k, v in tiny_adapter_sd(sm_module, sdxl, tiny, 7).items()}
+        sd.update({"first_stage_model.denoise_encoder." + k[len("encoder."):]: v
+                   for k, v in tiny._vae_weights(3, 4).items() if k.startswith("encoder.")})
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(models / "supir" / "SUPIR-v0Q_fp16.safetensors"))
+    img = (np.random.default_rng(0).random((24, 28, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(inputs / "example.png")
+
+
+def tiny_prompt(prompt: dict) -> dict:
+    """The API prompt with tiny stand-ins for the model files the tests cannot download, and fewer steps."""
+    out = json.loads(json.dumps(prompt))
+    for node in out.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node["class_type"] = "AdaptBIRTest_TinyCheckpointLoader"
+            node["inputs"] = {"kind": CHECKPOINT_KIND[inputs["ckpt_name"]], "seed": 0}
+        elif node["class_type"] == "VAELoader":
+            node["class_type"] = "AdaptBIRTest_TinyVAE"
+            node["inputs"] = {"seed": 1, "latent_channels": 4}
+        for key, value in FAST.items():
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
+    """Load every workflow in the real page: node/widget errors, template list, converted prompts, screenshots,
+    and one workflow queued from the page with tiny models."""
+    if chromium_path() is None:
+        pytest.fail("Chromium not found: install the distribution's package (apt-get install chromium)")
+    root = tmp_path_factory.mktemp("page")
+    models = root / "models"
+    (root / "input").mkdir()
+    write_tiny_files(models, root / "input", tiny)
+    folders = {"diffbir": "models/diffbir", "iqa": "models/iqa"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    res = {"prompts": {}, "errors": {}, "problems": {}}
+    with comfy_server(root, folders) as base, comfy_page(base) as page:
+        dialogs = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        res["templates"] = http_json(f"{base}/workflow_templates")
+        for path in WORKFLOWS:
+            dialogs.clear()
+            page.evaluate("(wf) => app.loadGraphData(wf)", load(path))
+            page.wait_for_timeout(500)
+            res["problems"][path.stem] = page.evaluate("""() => app.graph._nodes
+                .filter(n => !LiteGraph.registered_node_types[n.type] || n.has_errors)
+                .map(n => n.type)""")
+            res["errors"][path.stem] = list(dialogs) + page_problems(page)
+            res["prompts"][path.stem] = page.evaluate("async () => (await app.graphToPrompt()).output")
+            for _ in range(3):  # close the missing-models dialog and any toast before the screenshot
+                page.keyboard.press("Escape")
+            page.evaluate("() => document.querySelectorAll('.p-toast-message-content button').forEach(b => b.click())")
+            page.wait_for_timeout(300)
+            page.screenshot(path=str(ARTIFACTS / f"workflow_{path.stem}.png"))
+        # queue DiffBIR v2 from the page with the tiny checkpoint: its image must appear on the Save Image node
+        name = "diffbir_v2_guidance"
+        page.evaluate("(wf) => app.loadGraphData(wf)", load(REPO / "workflows" / f"{name}.json"))
+        page.wait_for_timeout(500)
+        client = page.evaluate("() => window.app.api.clientId ?? window.app.api.initialClientId")
+        queued = http_json(f"{base}/prompt", {"prompt": tiny_prompt(res["prompts"][name]), "client_id": client})
+        res["queued"] = queued
+        save_id = next(k for k, v in res["prompts"][name].items() if v["class_type"] == "SaveImage")
+        page.wait_for_function(f"""() => {{
+            const n = app.graph.getNodeById({save_id});
+            return n && n.imgs && n.imgs.length > 0 && n.imgs[0].complete; }}""", timeout=300_000)
+        res["shown"] = page.evaluate(f"() => app.graph.getNodeById({save_id}).imgs[0].src")
+        for _ in range(3):
+            page.keyboard.press("Escape")
+        page.evaluate(f"() => app.canvas.centerOnNode(app.graph.getNodeById({save_id}))")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"queued_{name}.png"))
+    return res
+
+
+@pytest.fixture(scope="module")
+def sm(pack):
+    return pack("nodes.supir_model")
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny):
+    return tiny.tiny_model("sdxl", 0)
+
+
+@pytest.mark.browser
+def test_page_loads_every_workflow_without_missing_nodes_or_errors(page_results):
+    for name in (p.stem for p in WORKFLOWS):
+        assert page_results["problems"][name] == [], name
+        shown = page_results["errors"][name]
+        # the only dialog allowed is the page's missing-models dialog, listing the loaders' properties.models
+        assert all(t.startswith("Missing Models") for t in shown), (name, shown)
+        wanted = {m["name"] for n in load(REPO / "workflows" / f"{name}.json")["nodes"]
+                  for m in n.get("properties", {}).get("models", []) if m["directory"] == "checkpoints"}
+        assert wanted and all(any(m in t for t in shown) for m in wanted), (name, shown)
+        assert (ARTIFACTS / f"workflow_{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_template_browser_lists_the_pack_workflows(page_results):
+    listed = page_results["templates"].get("ComfyUI-AdaptBIR", [])
+    assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.browser
+def test_queued_workflow_shows_its_image_in_the_page(page_results):
+    assert "prompt_id" in page_results["queued"]
+    assert "/view?" in page_results["shown"] and "diffbir" in page_results["shown"]
+    assert (ARTIFACTS / "queued_diffbir_v2_guidance.png").is_file()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("name", [p.stem for p in WORKFLOWS])
+def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_state, sm, sdxl, page_results, name):
+    write_tiny_files(host.models_dir, host.workdir / "input", tiny, sm, sdxl, musiq_random_state)
+    write_kohya_lora(host, "your_sdxl_face_lora.safetensors", [("input_blocks_1_0_out_layers_3", 32)], 1, 0.2)
+    write_kohya_lora(host, "your_sdxl_landscape_lora.safetensors", [("output_blocks_8_0_out_layers_3", 32)], 2, 0.2)
+    prompt = tiny_prompt(page_results["prompts"][name])
+    ex = host.run(prompt)
+    save = next(k for k, v in prompt.items() if v["class_type"] == "SaveImage")
+    images = host.ui(ex, save)["images"]
+    assert len(images) == 1
+    out = Image.open(host.workdir / "output" / images[0].get("subfolder", "") / images[0]["filename"])
+    scale = 4 if name.startswith("diffbir") else 2
+    assert out.size == (28 * scale, 24 * scale)
