@@ -14,12 +14,13 @@ from . import (
     restoration_vae,
     sampling,
     supir,
+    triage,
 )
 
 
 def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
-    return [*iqa.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
+    return [*iqa.NODES, *triage.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
             *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
             *supir.NODES]
 

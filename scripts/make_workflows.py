@@ -40,14 +40,6 @@ SUPIR_Q = model("SUPIR-v0Q_fp16.safetensors", f"{HF}/Kijai/SUPIR_pruned/resolve/
 NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"  # DiffBIR v2's default
 
 
-def _grid(nodes):
-    """Lay nodes out in columns of four, in spec order."""
-    out = []
-    for i, (key, type_, widgets, *rest) in enumerate(nodes):
-        out.append([key, type_, widgets, [40 + 380 * (i // 4), 60 + 260 * (i % 4)], rest[0] if rest else None])
-    return out
-
-
 def diffbir_nodes(ckpt, irc, guidance_scale, steps=50):
     """Stage 1 (SwinIR) -> padded encode -> IRControlNet -> Restoration Guidance Sampler -> decode/crop/colour fix."""
     nodes = [
@@ -153,17 +145,41 @@ def supir_lora():
     return nodes, links, {"ckpt": SDXL, "loader": SUPIR_Q, "iqa": MUSIQ}
 
 
+def quality_triage():
+    nodes = [
+        ("load1", "LoadImage", {"image": "example.png"}),
+        ("load2", "LoadImage", {"image": "example2.png"}),
+        ("load3", "LoadImage", {"image": "example3.png"}),
+        ("batch12", "ImageBatch", {}),
+        ("batch", "ImageBatch", {}),
+        ("iqa", "AdaptBIR_IQAClassifier", {}, "IQA Classifier (shows the scores)"),
+        ("route", "AdaptBIR_RouteByQuality", {}),
+        ("severe", "SaveImage", {"filename_prefix": "triage/severe"}, "Severe: restore with k = 0, w = 0"),
+        ("medium", "SaveImage", {"filename_prefix": "triage/medium"}, "Medium"),
+        ("mild", "SaveImage", {"filename_prefix": "triage/mild"}, "Mild: little restoration needed"),
+    ]
+    links = [
+        ("load1", 0, "batch12", "image1"), ("load2", 0, "batch12", "image2"), ("batch12", 0, "batch", "image1"),
+        ("load3", 0, "batch", "image2"), ("batch", 0, "iqa", "image"), ("batch", 0, "route", "image"),
+        ("iqa", 0, "route", "params"), ("route", 0, "severe", "images"), ("route", 1, "medium", "images"),
+        ("route", 2, "mild", "images"),
+    ]
+    return nodes, links, {"iqa": MUSIQ}
+
+
 WORKFLOWS = {
     "adaptbir_sd21": adaptbir_sd21,
     "diffbir_v2_guidance": lambda: diffbir_nodes(SD21, IRC_V2, 0.5),
     "diffbir_v21_zsnr": lambda: diffbir_nodes(SD21_ZSNR, IRC_V21, 0.0),
     "supir_lora": supir_lora,
+    "quality_triage": quality_triage,
 }
 
 
 def spec(name: str) -> dict:
     nodes, links, models = WORKFLOWS[name]()
-    return {"nodes": _grid(nodes), "links": [list(x) for x in links], "models": models}
+    rows = [[key, type_, widgets, rest[0] if rest else None] for key, type_, widgets, *rest in nodes]
+    return {"nodes": rows, "links": [list(x) for x in links], "models": models, "per_column": 3}
 
 
 def build(page, name: str) -> dict:
@@ -175,15 +191,24 @@ def build(page, name: str) -> dict:
 
 def main(names: list[str]) -> None:
     sys.path.insert(0, str(REPO))
-    from tests.support.browser import comfy_page, comfy_server
+    from tests.support.browser import close_dialogs, comfy_page, comfy_server
 
-    out = REPO / "workflows"
+    out, shots = REPO / "workflows", REPO / "docs" / "workflows"
     out.mkdir(exist_ok=True)
+    shots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, comfy_server(Path(tmp)) as base, comfy_page(base) as page:
         for name in names or list(WORKFLOWS):
             wf = build(page, name)
             (out / f"{name}.json").write_text(json.dumps(wf, indent=1) + "\n")
             print(f"wrote workflows/{name}.json ({len(wf['nodes'])} nodes, {len(wf['links'])} links)")
+            # the README's picture: the file loaded back into the page, fitted to the view
+            page.evaluate("(wf) => app.loadGraphData(wf)", wf)
+            close_dialogs(page, settle_ms=400)
+            page.mouse.click(760, 975)  # empty canvas (focus for the "." fit-view shortcut)
+            page.keyboard.press(".")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / f"{name}.png"), clip={"x": 60, "y": 80, "width": 1540, "height": 920})
+            print(f"wrote docs/workflows/{name}.png")
 
 
 if __name__ == "__main__":

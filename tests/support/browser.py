@@ -53,7 +53,7 @@ def comfy_server(root: Path, folders: dict[str, str] | None = None):
     cfg = root / "extra_model_paths.yaml"
     cfg.write_text("\n".join(lines) + "\n")
     port = _free_port()
-    log = open(root / "server.log", "w")
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--extra-model-paths-config", str(cfg), "--input-directory", str(root / "input"),
@@ -81,7 +81,7 @@ def comfy_server(root: Path, folders: dict[str, str] | None = None):
 
 
 @contextlib.contextmanager
-def comfy_page(base: str):
+def comfy_page(base: str, viewport=(1600, 1000)):
     """A Playwright page on the ComfyUI page at ``base``, ready (``window.app.graph``), dialogs closed."""
     from playwright.sync_api import sync_playwright
 
@@ -90,13 +90,33 @@ def comfy_page(base: str):
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            # the first visit opens the template browser; a completed tutorial keeps it closed
+            # and full-detail drawing down to 20 % zoom makes readable screenshots of whole workflows
+            for key, value in (("Comfy.TutorialCompleted", b"true"),
+                               ("LiteGraph.Canvas.LowQualityRenderingZoomThreshold", b"0.2")):
+                req = urllib.request.Request(f"{base}/settings/{key}", data=value,
+                                             headers={"Content-Type": "application/json"})
+                urllib.request.urlopen(req, timeout=10).close()
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             page.goto(base + "/")
             page.wait_for_function("window.app && window.app.graph", timeout=120_000)
-            page.keyboard.press("Escape")
+            close_dialogs(page)
             yield page
         finally:
             browser.close()
+
+
+def close_dialogs(page, settle_ms: int = 1000, timeout_ms: int = 15_000) -> None:
+    """Press Escape until no dialog has been open for ``settle_ms`` (dialogs may open a moment after load)."""
+    quiet = waited = 0
+    while quiet < settle_ms and waited < timeout_ms:
+        if page.evaluate("() => document.querySelectorAll('.p-dialog').length") > 0:
+            page.keyboard.press("Escape")
+            quiet = 0
+        else:
+            quiet += 200
+        page.wait_for_timeout(200)
+        waited += 200
 
 
 # Builds a graph in the page from a spec (see scripts/make_workflows.py) and returns it as the page saves it:
@@ -104,11 +124,10 @@ def comfy_page(base: str):
 BUILD_JS = """(spec) => {
   app.graph.clear();
   const nodes = {};
-  spec.nodes.forEach(([key, type, widgets, pos, title], i) => {
+  spec.nodes.forEach(([key, type, widgets, title]) => {
     const n = LiteGraph.createNode(type);
     if (!n) throw new Error("unknown node type " + type);
     app.graph.add(n);
-    n.pos = pos;
     if (title) n.title = title;
     for (const [name, value] of Object.entries(widgets || {})) {
       const w = (n.widgets || []).find(w => w.name === name);
@@ -125,12 +144,17 @@ BUILD_JS = """(spec) => {
     if (!o) throw new Error("could not connect " + src + ":" + out + " -> " + dst + "." + input);
   }
   for (const [key, models] of Object.entries(spec.models || {})) nodes[key].properties.models = models;
+  // columns of spec.per_column nodes in spec order, stacked by their real sizes
+  const list = Object.values(nodes);
+  let x = 40;
+  for (let c = 0; c * spec.per_column < list.length; c++) {
+    const col = list.slice(c * spec.per_column, (c + 1) * spec.per_column);
+    let y = 60, width = 0;
+    for (const n of col) { n.pos = [x, y]; y += n.size[1] + 70; width = Math.max(width, n.size[0]); }
+    x += width + 80;
+  }
   return JSON.stringify(app.graph.serialize());
 }"""
-
-# Text of the page's alerts/toasts/dialogs that signal a broken workflow.
-PROBLEM_MARKERS = ("Invalid workflow", "Missing Node Types", "Some nodes", "not found", "Error")
-
 
 def page_problems(page) -> list[str]:
     """Visible toast/alert/dialog texts of the page (PrimeVue toasts and dialogs)."""

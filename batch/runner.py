@@ -1,0 +1,152 @@
+"""Run a workflow of ``workflows/`` on every image of a folder, in-process through ComfyUI's executor.
+
+One output per input (``<output>/<input name>.png``), written atomically: an interrupted run leaves only finished
+files, and a re-run skips them (``--overwrite`` redoes them). The workflow must have one Load Image and one Save
+Image node; model files named by its loaders are checked first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import shutil
+import sys
+import uuid
+
+from .workflow import (
+    WorkflowError,
+    describe_missing,
+    image_files,
+    missing_models,
+    to_prompt,
+)
+
+
+class _Server:
+    """The parts of ComfyUI's PromptServer that the executor uses, headless (messages are kept for errors)."""
+
+    def __init__(self):
+        from aiohttp import web
+
+        self.routes = web.RouteTableDef()  # node packs that add HTTP routes at import time find a table
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.messages = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+    def send_progress_text(self, text, node_id, sid=None):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+def _single(prompt: dict, class_type: str, what: str) -> str:
+    ids = [k for k, v in prompt.items() if v["class_type"] == class_type]
+    if len(ids) != 1:
+        raise WorkflowError(f"workflow: expected exactly one {what} node ({class_type}) for the batch runner, found "
+                            f"{len(ids)}")
+    return ids[0]
+
+
+def _error_text(messages) -> str:
+    err = next((d for e, d in messages if e == "execution_error"), None)
+    if err is None:
+        return "execution was interrupted" if any(e == "execution_interrupted" for e, _ in messages) else "failed"
+    return f"{err.get('node_type')}: {err.get('exception_message', '').strip()}"
+
+
+def run_batch(workflow_path: str, input_dir: str, output_dir: str, *, overwrite: bool = False,
+              progress: bool = True, server=None) -> dict:
+    """Run ``workflow_path`` on each image of ``input_dir``; returns ``{"done": [...], "skipped": [...]}`` (file
+    names). ComfyUI (its ``nodes``, ``execution``, ``folder_paths``) must already be imported with the node packs
+    loaded. Raises WorkflowError for an unusable workflow or missing model files, RuntimeError when an image fails
+    (the message names the image and the node)."""
+    import execution
+    import folder_paths
+    from tqdm import tqdm
+
+    import nodes
+
+    with open(workflow_path, encoding="utf-8") as f:
+        workflow = json.load(f)
+    prompt = to_prompt(workflow, nodes.NODE_CLASS_MAPPINGS)
+    missing = missing_models(workflow)
+    if missing:
+        raise WorkflowError(describe_missing(missing))
+    load_id = _single(prompt, "LoadImage", "Load Image")
+    save_id = _single(prompt, "SaveImage", "Save Image")
+    files = image_files(input_dir)
+    if not files:
+        raise WorkflowError(f"input folder: expected images (png, jpg, webp, ...), found none in {input_dir}")
+    os.makedirs(output_dir, exist_ok=True)
+    work = os.path.join(output_dir, ".batch-work")
+    old_in, old_out = folder_paths.get_input_directory(), folder_paths.get_output_directory()
+    folder_paths.set_input_directory(os.path.abspath(input_dir))
+    folder_paths.set_output_directory(os.path.abspath(work))
+    server = server or _Server()
+    executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0})
+    done, skipped = [], []
+    try:
+        for name in tqdm(files, desc=os.path.basename(workflow_path), unit="image", disable=not progress):
+            target = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
+            if os.path.exists(target) and not overwrite:
+                skipped.append(name)
+                continue
+            p = copy.deepcopy(prompt)
+            p[load_id]["inputs"]["image"] = name
+            p[save_id]["inputs"]["filename_prefix"] = "batch"
+            pid = str(uuid.uuid4())
+            valid, error, _outputs, node_errors = asyncio.run(execution.validate_prompt(pid, p, None))
+            if not valid:
+                raise WorkflowError(f"{name}: the workflow does not validate: {error.get('message')} "
+                                    f"{json.dumps(node_errors)[:800]}")
+            server.messages = []
+            executor.execute(p, pid, {}, [save_id])
+            if not executor.success:
+                raise RuntimeError(f"{name}: {_error_text(executor.status_messages)}")
+            images = executor.history_result["outputs"].get(save_id, {}).get("images") or []
+            if len(images) != 1:
+                raise RuntimeError(f"{name}: expected one saved image, found {len(images)}")
+            saved = os.path.join(work, images[0].get("subfolder", ""), images[0]["filename"])
+            os.replace(saved, target)  # atomic: a target is either complete or absent
+            done.append(name)
+    finally:
+        folder_paths.set_input_directory(old_in)
+        folder_paths.set_output_directory(old_out)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"done": done, "skipped": skipped}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="batch.py", description=(
+        "Run one workflow (e.g. workflows/diffbir_v2_guidance.json) on every image of a folder through ComfyUI's "
+        "executor, one PNG per input; re-running skips finished images."))
+    p.add_argument("workflow", help="workflow file (the page's format), e.g. workflows/adaptbir_sd21.json")
+    p.add_argument("input", help="folder of input images")
+    p.add_argument("output", help="folder for the results (<input name>.png)")
+    p.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, else the folder above custom_nodes)")
+    p.add_argument("--extra-model-paths-config", action="append", default=[],
+                   help="extra_model_paths.yaml files to read (ComfyUI's own is read when present)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU")
+    p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        summary = run_batch(args.workflow, args.input, args.output, overwrite=args.overwrite)
+    except (WorkflowError, RuntimeError, OSError) as e:
+        print(f"batch.py: {e}", file=sys.stderr)
+        return 2
+    print(f"batch.py: {len(summary['done'])} done, {len(summary['skipped'])} skipped (already in {args.output})")
+    return 0
