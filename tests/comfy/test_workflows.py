@@ -210,6 +210,14 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
         close_dialogs(page, settle_ms=400)
         page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / f"queued_{name}.png"))
+        # the template browser itself: Templates -> EXTENSIONS -> ComfyUI-AdaptBIR
+        page.get_by_text("Templates", exact=True).first.click()
+        page.locator(".p-dialog").get_by_text("ComfyUI-AdaptBIR", exact=True).first.click()
+        page.wait_for_timeout(1500)
+        res["template_dialog"] = page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
+                                               ".map(d => d.innerText).join('\\n')")
+        page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
+        close_dialogs(page, settle_ms=400)
     return res
 
 
@@ -244,6 +252,9 @@ def test_page_loads_every_workflow_without_missing_nodes_or_errors(page_results)
 def test_template_browser_lists_the_pack_workflows(page_results):
     listed = page_results["templates"].get("ComfyUI-AdaptBIR", [])
     assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
+    shown = page_results["template_dialog"]
+    assert f"Showing {len(WORKFLOWS)} of {len(WORKFLOWS)} templates" in shown
+    assert all(p.stem in shown for p in WORKFLOWS), shown
 
 
 @pytest.mark.browser

@@ -112,6 +112,8 @@ def close_dialogs(page, settle_ms: int = 1000, timeout_ms: int = 15_000) -> None
     while quiet < settle_ms and waited < timeout_ms:
         if page.evaluate("() => document.querySelectorAll('.p-dialog').length") > 0:
             page.keyboard.press("Escape")
+            page.evaluate("""() => document.querySelectorAll(
+                '.p-dialog .p-dialog-close-button, .p-dialog button[aria-label="Close"]').forEach(b => b.click())""")
             quiet = 0
         else:
             quiet += 200
