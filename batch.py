@@ -6,35 +6,20 @@ ComfyUI's main.py, and runs the workflow in-process. This file is a script: Comf
 """
 
 import asyncio
-import importlib.util
 import os
 import sys
 
-PACKAGE = "adaptbir_restoration"
-
-
-def comfyui_folder(argv: list[str], pack_dir: str) -> str:
-    for i, a in enumerate(argv):
-        if a == "--comfyui" and i + 1 < len(argv):
-            return os.path.abspath(argv[i + 1])
-        if a.startswith("--comfyui="):
-            return os.path.abspath(a.split("=", 1)[1])
-    if os.environ.get("COMFYUI_PATH"):
-        return os.path.abspath(os.environ["COMFYUI_PATH"])
-    return os.path.dirname(os.path.dirname(pack_dir))
+from _launcher import comfyui_folder, is_comfyui, package
 
 
 def main() -> int:
     pack_dir = os.path.dirname(os.path.abspath(__file__))
-    spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(pack_dir, "__init__.py"),
-                                                  submodule_search_locations=[pack_dir])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = package  # the package's modules only; its __init__ (ComfyUI registration) is not run
+    package(pack_dir, run_init=False)  # its modules only; __init__ (ComfyUI registration) is not run
     from adaptbir_restoration.batch.runner import parser
 
     args = parser().parse_args(sys.argv[1:])
     comfy_dir = comfyui_folder(sys.argv[1:], pack_dir)
-    if not os.path.isfile(os.path.join(comfy_dir, "comfy", "model_management.py")):
+    if not is_comfyui(comfy_dir):
         print(f"batch.py: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
               f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
         return 2

@@ -5,28 +5,16 @@ from ``--comfyui``, ``$COMFYUI_PATH`` or the folder above ``custom_nodes``, then
 This file is a script: ComfyUI never imports it.
 """
 
-import importlib.util
 import os
 import sys
 
-PACKAGE = "adaptbir_restoration"
-
-
-def comfyui_folder(argv: list[str], pack_dir: str) -> str:
-    for i, a in enumerate(argv):
-        if a == "--comfyui" and i + 1 < len(argv):
-            return os.path.abspath(argv[i + 1])
-        if a.startswith("--comfyui="):
-            return os.path.abspath(a.split("=", 1)[1])
-    if os.environ.get("COMFYUI_PATH"):
-        return os.path.abspath(os.environ["COMFYUI_PATH"])
-    return os.path.dirname(os.path.dirname(pack_dir))
+from _launcher import comfyui_folder, is_comfyui, package
 
 
 def main() -> int:
     pack_dir = os.path.dirname(os.path.abspath(__file__))
     comfy_dir = comfyui_folder(sys.argv[1:], pack_dir)
-    if not os.path.isfile(os.path.join(comfy_dir, "comfy", "model_management.py")):
+    if not is_comfyui(comfy_dir):
         print(f"train.py: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
               f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
         return 2
@@ -41,11 +29,7 @@ def main() -> int:
         from utils.extra_config import load_extra_path_config
 
         load_extra_path_config(extra)
-    spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(pack_dir, "__init__.py"),
-                                                  submodule_search_locations=[pack_dir])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACKAGE] = module
-    spec.loader.exec_module(module)
+    package(pack_dir, run_init=True)
     from adaptbir_restoration.training.cli import main as cli_main
 
     return cli_main(sys.argv[1:])

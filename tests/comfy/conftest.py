@@ -44,6 +44,18 @@ def swinir_file(host):
     return SWINIR
 
 
+@pytest.fixture(scope="session")
+def sm(pack):
+    """The pack's SUPIR model module (adapter network, patch) as ComfyUI loaded it."""
+    return pack("nodes.supir_model")
+
+
+@pytest.fixture(scope="session")
+def sdxl(tiny):
+    """The tiny SDXL model (shared; tests must not patch it in place)."""
+    return tiny.tiny_model("sdxl", 0)
+
+
 def write_kohya_lora(host, file_name: str, layers, seed: int, scale: float) -> str:
     """Save a kohya-style LoRA (rank 4, alpha 4) on 3x3 convolutions ``layers`` = [(lora_unet name, channels)] in
     the host's models/loras folder (registered with ComfyUI); returns ``file_name``."""

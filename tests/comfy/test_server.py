@@ -1,11 +1,6 @@
 """The pack in the real ComfyUI server: main.py --cpu on loopback, a prompt posted to /prompt, read from /history."""
 
-import json
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 
 import numpy as np
@@ -14,62 +9,25 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from tests.conftest import musiq_with_level
-from tests.support.comfy_host import PACK_DIR_NAME, comfyui_path, make_custom_nodes_dir
+from tests.support.browser import comfy_server, http_json
+from tests.support.comfy_host import PACK_DIR_NAME
 
 pytestmark = pytest.mark.server
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def http(url, data=None, timeout=10):
-    req = urllib.request.Request(url, data=None if data is None else json.dumps(data).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
+http = http_json
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, musiq_random_state):
     root = tmp_path_factory.mktemp("server")
-    make_custom_nodes_dir(root)
     (root / "models" / "iqa").mkdir(parents=True)
     save_file(musiq_with_level(musiq_random_state, 80.0), str(root / "models" / "iqa" / "level80.safetensors"))
     (root / "input").mkdir()
     img = (np.random.default_rng(0).random((48, 40, 3)) * 255).astype(np.uint8)
     Image.fromarray(img).save(root / "input" / "photo.png")
-    cfg = root / "extra_model_paths.yaml"
-    cfg.write_text(f"adaptbir_tests:\n  base_path: {root}\n  custom_nodes: custom_nodes\n  iqa: models/iqa\n")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-         "--extra-model-paths-config", str(cfg), "--input-directory", str(root / "input"),
-         "--output-directory", str(root / "output"), "--preview-method", "none"],
-        cwd=comfyui_path(), stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                http(f"{base}/system_stats", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("ComfyUI server did not start:\n"
-                                       + (root / "server.log").read_text()[-4000:]) from None
-                time.sleep(1)
+    with comfy_server(root, {"iqa": "models/iqa"}) as base:
         yield base, root
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_pack_nodes_are_listed_by_object_info(server):

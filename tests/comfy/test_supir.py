@@ -15,16 +15,6 @@ LORA_FILE = "tiny_sdxl_lora.safetensors"
 ZERO_PARTS = ("zero_conv", "zero_mul", "zero_add", "input_hint_block")
 
 
-@pytest.fixture(scope="module")
-def sm(pack):
-    return pack("nodes.supir_model")
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny):
-    return tiny.tiny_model("sdxl", 0)
-
-
 def tiny_adapter_sd(sm, sdxl, tiny, seed, fresh=False):
     import comfy.ops
 

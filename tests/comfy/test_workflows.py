@@ -221,16 +221,6 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
     return res
 
 
-@pytest.fixture(scope="module")
-def sm(pack):
-    return pack("nodes.supir_model")
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny):
-    return tiny.tiny_model("sdxl", 0)
-
-
 @pytest.mark.browser
 def test_page_loads_every_workflow_without_missing_nodes_or_errors(page_results):
     for name in (p.stem for p in WORKFLOWS):
