@@ -270,6 +270,7 @@ class RestoreCFG:
         self.strength = strength
         self.s_tmin = s_tmin
         self.sigma_max = sigma_max
+        self._centre_on = None  # x_center on the sampling device
 
     def __deepcopy__(self, memo):
         return self
@@ -286,7 +287,9 @@ class RestoreCFG:
             nxt = float(sch[i + 1]) if i + 1 < len(sch) else 0.0
         if nxt <= self.s_tmin:
             return d
-        centre = self.x_center
+        if self._centre_on is None or self._centre_on.device != d.device:
+            self._centre_on = self.x_center.to(d.device)  # once per device, not at every step
+        centre = self._centre_on
         if centre.shape[0] not in (1, d.shape[0]):
             centre = centre.repeat(d.shape[0] // centre.shape[0], 1, 1, 1)
         return restore_toward_center(d, centre, torch.tensor([sigma]), self.sigma_max, self.strength)

@@ -155,7 +155,8 @@ class SUPIRPatch:
     ``hint``: (B,4,h,w) float32 control latent in the model's scaled latent space (0.13025 x VAE latent for SDXL).
     ``scale_start`` / ``scale_end``: control scale at sigma_max and as sigma -> 0; ``scale_end`` is a number or a
     (B,) float tensor (one per image). ``sigma_max``: the model's largest sigma (SDXL 14.6146).
-    Immutable; ``__deepcopy__`` returns itself so model clones share it.
+    Its settings never change; ``__deepcopy__`` returns itself so model clones share it (and its one cached copy
+    of the hint on the sampling device).
     """
 
     def __init__(self, patcher, hint: torch.Tensor, scale_start: float, scale_end, sigma_max: float):
@@ -164,6 +165,14 @@ class SUPIRPatch:
         self.scale_start = float(scale_start)
         self.scale_end = scale_end if isinstance(scale_end, torch.Tensor) else torch.tensor([float(scale_end)])
         self.sigma_max = float(sigma_max)
+        self._hint_on = (None, None)  # ((n, chunks, device, dtype), hint fitted to that call)
+
+    def hint_for(self, n: int, chunks: int, device, dtype) -> torch.Tensor:
+        """The hint fitted to a UNet call's batch on its device: copied once, not at every step."""
+        key = (n, chunks, device, dtype)
+        if self._hint_on[0] != key:
+            self._hint_on = (key, _per_call(self.hint, n, chunks, "image").to(device=device, dtype=dtype))
+        return self._hint_on[1]
 
     def __deepcopy__(self, memo):
         return self
@@ -192,7 +201,7 @@ class SUPIRPatch:
             raise PackError(f"SUPIR Apply: expected the sampled latent to have the control latent's size "
                             f"{tuple(self.hint.shape[-2:])}, found {tuple(x.shape[-2:])}; sample the latent that "
                             f"SUPIR Apply outputs (or one of its size)")
-        hint = _per_call(self.hint, n, chunks, "image").to(device=x.device, dtype=dtype)
+        hint = self.hint_for(n, chunks, x.device, dtype)
         features = net.control_model(hint, x.to(dtype), timesteps, context.to(dtype),
                                      None if y is None else y.to(dtype))
         s = scale.to(device=x.device).view(-1, 1, 1, 1)

@@ -15,7 +15,6 @@ from tests.support.comfy_host import PACK_DIR_NAME
 pytestmark = pytest.mark.server
 
 
-http = http_json
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def server(tmp_path_factory, musiq_random_state):
 
 def test_pack_nodes_are_listed_by_object_info(server):
     base, root = server
-    info = http(f"{base}/object_info/AdaptBIR_IQAClassifier")["AdaptBIR_IQAClassifier"]
+    info = http_json(f"{base}/object_info/AdaptBIR_IQAClassifier")["AdaptBIR_IQAClassifier"]
     assert info["category"].startswith("restoration")
     assert "level80.safetensors" in info["input"]["required"]["weights"][1]["options"] \
         or "level80.safetensors" in info["input"]["required"]["weights"][0]
@@ -48,11 +47,11 @@ def test_prompt_through_the_server(server):
             "image": ["1", 0], "metric": "musiq", "weights": "level80.safetensors", "mode": "adaptbir",
             "low_threshold": 40.0, "high_threshold": 70.0, "k_max": 0.7, "w_max": 1.0, "score_max_side": 0}},
     }
-    resp = http(f"{base}/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    resp = http_json(f"{base}/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
     pid = resp["prompt_id"]
     deadline = time.time() + 120
     while time.time() < deadline:
-        hist = http(f"{base}/history/{pid}")
+        hist = http_json(f"{base}/history/{pid}")
         if pid in hist and hist[pid].get("status", {}).get("completed") is not None:
             break
         time.sleep(0.5)
