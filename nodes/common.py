@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from comfy_api.latest import io
 
@@ -22,10 +23,21 @@ class PackError(ValueError):
     """An error the pack raises on purpose; its text says what was expected, what was found and what to do."""
 
 
+def check_model_file_name(folder: str, filename: str) -> None:
+    """Raise PackError unless ``filename`` is a name inside model folder ``folder``: not absolute, no ``..`` part
+    (with ``/`` or ``\\``), so no loader is pointed outside ComfyUI's model folders."""
+    name = str(filename)
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+        raise PackError(f"model file '{name}': expected a file name inside the '{folder}' model folder (one the "
+                        f"list offers), found a path that leads outside it; it was not read")
+
+
 def model_file_path(folder: str, filename: str) -> str:
     """Resolve ``filename`` inside ComfyUI model folder ``folder`` (never outside it), or raise PackError."""
     import folder_paths
 
+    check_model_file_name(folder, filename)
     path = folder_paths.get_full_path(folder, filename)
     if path is None or not os.path.isfile(path):
         dirs = folder_paths.get_folder_paths(folder) if folder in folder_paths.folder_names_and_paths else []
@@ -58,13 +70,28 @@ def load_weights(path: str, what: str, with_metadata: bool = False):
     try:
         sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     except Exception as e:  # noqa: BLE001 - every loader failure becomes one clear message
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PackError(f"{name}: expected {what} as safetensors or a weights-only PyTorch file, but it could not "
-                        f"be read safely ({type(e).__name__}: {reason}). The file may be truncated, not a weights "
-                        f"file, or a pickle that would run code; it was not executed.") from None
+        raise PackError(_unreadable(name, what, e)) from None
     if not isinstance(sd, dict) or not sd:
         raise PackError(f"{name}: expected {what}, found no tensors in the file")
     return (sd, metadata or {}) if with_metadata else sd
+
+
+def _unreadable(name: str, what: str, e: Exception) -> str:
+    """The message for a weights file that torch/safetensors refused to read (weights-only: nothing ran)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if code:
+        return (f"{name}: expected {what}, found a pickle that would run code when loaded (it calls "
+                f"{code.group(1)}); it was not executed. Use a safetensors copy of the file or get it again from "
+                f"its publisher.")
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = detail.group(1).strip() if detail else (lines[0] if lines else type(e).__name__)
+    if len(reason) > 160:
+        reason = reason[:157] + "..."
+    return (f"{name}: expected {what}, found a file that could not be read safely as safetensors or as a "
+            f"weights-only PyTorch file ({type(e).__name__}: {reason}); it may be truncated or not a weights file. "
+            f"Nothing in it was executed.")
 
 
 def input_image(image, name: str = "image"):

@@ -9,11 +9,13 @@ from comfy_api.latest import io, ui
 
 from ..modules import iqa as iqa_mod
 from ..modules.image_ops import downscale_max_side, upscale_min_side
+from ..modules.weights_kind import identify_weights
 from .common import (
     CAT_QUALITY,
     PackError,
     RestoreParams,
     check_interrupt,
+    check_model_file_name,
     input_image,
     load_weights,
     show_text_on_node,
@@ -49,6 +51,10 @@ class _MusiqCache:
                 try:
                     net = iqa_mod.build_musiq(variant, sd)
                 except ValueError as e:
+                    kind = identify_weights(sd)
+                    if kind is not None and "MUSIQ" not in kind:  # another model's file: say which
+                        raise PackError(f"{os.path.basename(path)}: MUSIQ weights expected for metric '{variant}' "
+                                        f"(pyiqa's MUSIQ tensors), found {kind}") from None
                     raise PackError(f"{os.path.basename(path)}: {e}") from None
                 self._patcher = comfy.model_patcher.ModelPatcher(
                     net, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
@@ -69,6 +75,7 @@ def resolve_musiq_weights(variant: str, weights: str) -> str:
     import folder_paths
 
     filename = iqa_mod.MUSIQ_VARIANTS[variant][1] if weights == AUTO else weights
+    check_model_file_name(IQA_FOLDER, filename)
     path = folder_paths.get_full_path(IQA_FOLDER, filename)
     if path is None:
         dirs = folder_paths.get_folder_paths(IQA_FOLDER)
