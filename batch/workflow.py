@@ -19,22 +19,22 @@ class WorkflowError(ValueError):
     """A workflow file that cannot be run; the message names the node and what was expected."""
 
 
-def widget_names(node_class) -> list[str]:
-    """The names of a node class's stored widget values, in the page's order (extra control values included as
-    ``None``)."""
+def widget_specs(node_class) -> list[tuple[str | None, dict]]:
+    """``(name, options)`` of a node class's stored widget values, in the page's order (extra control values
+    included as ``(None, {})``)."""
     types = node_class.INPUT_TYPES()
-    names = []
+    specs = []
     for section in ("required", "optional"):
         for name, spec in (types.get(section) or {}).items():
             kind = spec[0]
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             if isinstance(kind, list) or kind in WIDGET_TYPES:
-                names.append(name)
+                specs.append((name, opts))
                 if opts.get("control_after_generate"):
-                    names.append(None)
+                    specs.append((None, {}))
                 if opts.get("image_upload") or opts.get("video_upload") or opts.get("audio_upload"):
-                    names.append(None)
-    return names
+                    specs.append((None, {}))
+    return specs
 
 
 def to_prompt(workflow: dict, node_classes: dict) -> dict:
@@ -61,11 +61,14 @@ def to_prompt(workflow: dict, node_classes: dict) -> dict:
                                 f"(a missing custom node pack, or a page-only node such as a Reroute or Note)")
         inputs = {}
         values = list(node.get("widgets_values") or [])
-        names = widget_names(cls)
-        if len(values) != len(names):
-            raise WorkflowError(f"node {nid} ({ntype}): expected {len(names)} widget values for "
-                                f"{[n for n in names if n]}, found {len(values)}: {values}")
-        for name, value in zip(names, values):
+        specs = widget_specs(cls)
+        # A workflow saved before a node gained widgets stores fewer values: like the page, the new widgets
+        # (always appended last) take their defaults.
+        missing = specs[len(values):]
+        if len(values) > len(specs) or any(n is not None and "default" not in o for n, o in missing):
+            raise WorkflowError(f"node {nid} ({ntype}): expected {len(specs)} widget values for "
+                                f"{[n for n, _ in specs if n]}, found {len(values)}: {values}")
+        for (name, opts), value in zip(specs, values + [o.get("default") for _, o in missing]):
             if name is not None:
                 inputs[name] = value
         for slot in node.get("inputs") or []:

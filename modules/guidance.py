@@ -6,14 +6,19 @@ loss = sum_b mean_{C,H,W}(W * (decode(x0) - target)^2). W comes from Sobel gradi
 guidance image (flat regions ~1, edges/texture ~0). ``decode`` is the identity in latent space
 and the (differentiable) VAE decoder in rgb space; back-propagating through it is the same as
 DiffBIR's vector-Jacobian product of the rgb-space delta.
+
+Memory: :func:`guidance_grad` can decode and back-propagate per latent tile with a halo (each output pixel enters
+the loss exactly once, with the untiled normalisation), :class:`Checkpointed` / :func:`checkpoint_blocks` trade
+recomputation for stored activations, and :func:`fp16_grad_scaling` keeps an fp16 backward from underflowing.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
 GUIDANCE_SCALE_FACTOR = 3000.0
 
@@ -163,19 +168,190 @@ def guidance_active(t: int, g_start: int, g_stop: int) -> bool:
     return g_stop < t + 1 < g_start
 
 
+class Checkpointed(torch.nn.Module):
+    """Runs ``block`` under gradient checkpointing: its intermediate activations are not kept for the backward
+    pass but recomputed there (``torch.utils.checkpoint``, ``use_reentrant=False``).
+
+    Same outputs and gradients as ``block`` itself (any positional/keyword arguments, tensors of any shape and
+    dtype); the backward pass costs about one extra forward of the block. Without autograd recording
+    (``torch.no_grad``) it calls the block directly.
+    """
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return _checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+        return self.block(*args, **kwargs)
+
+
+def checkpoint_blocks(root: torch.nn.Module, classes) -> int:
+    """Replace, in place, every submodule of ``root`` that is an instance of ``classes`` (a class or a tuple of
+    classes) by ``Checkpointed(submodule)``. Only the outermost match of a branch is wrapped, modules already
+    wrapped are left alone and ``root`` itself is never replaced. The parents' forward code is unchanged: they
+    call the wrapper as they called the block.
+
+    Returns: the number of blocks wrapped (int >= 0).
+    """
+    count = 0
+    for name, child in list(root.named_children()):
+        if isinstance(child, Checkpointed):
+            continue
+        if isinstance(child, classes):
+            setattr(root, name, Checkpointed(child))
+            count += 1
+        else:
+            count += checkpoint_blocks(child, classes)
+    return count
+
+
+class _GradMul(torch.autograd.Function):
+    """Identity in the forward pass; the backward pass multiplies the gradient by ``state[key]``."""
+
+    @staticmethod
+    def forward(ctx, x, state, key):
+        ctx.state, ctx.key = state, key
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.state[ctx.key], None, None
+
+
+def fp16_grad_scaling(decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Wrap a decoder that computes in float16 but takes and returns float32 tensors so that its backward pass
+    does not underflow: the gradient arriving at the (float32) output is multiplied by k = 2^floor(log2(numel of
+    one decoded sample)) before it enters the float16 graph, and the gradient leaving the graph at the (float32)
+    input is divided by k again. The guidance loss is a mean over C*H*W, so the unscaled per-pixel gradients
+    (~1e-7 at 1024 px) would fall below float16's normal range. k is a power of two, so the scaling is exact.
+
+    Args: decode callable (B,C,h,w) float32 -> (B,C',H,W) float32 (computing in float16 inside).
+    Returns: a callable with the same forward values and the same gradients up to float16 rounding.
+    """
+
+    def wrapped(z: torch.Tensor) -> torch.Tensor:
+        state = {"k": 1.0, "inv": 1.0}
+        out = decode(_GradMul.apply(z, state, "inv"))
+        k = 2.0 ** math.floor(math.log2(max(1, out[0].numel())))
+        state["k"], state["inv"] = k, 1.0 / k
+        return _GradMul.apply(out, state, "k")
+    return wrapped
+
+
+def _int_arg(name: str, v, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ValueError(f"{name}: expected an int >= {low}, found {v!r}")
+    return v
+
+
+def _crop(t: Optional[torch.Tensor], ys: slice, xs: slice, full_hw) -> Optional[torch.Tensor]:
+    """Crop the spatial dims of ``t`` that have the full image's size (size-1 dims broadcast and are kept)."""
+    if t is None:
+        return None
+    return t[..., ys if t.shape[-2] == full_hw[0] else slice(None), xs if t.shape[-1] == full_hw[1] else slice(None)]
+
+
+def guidance_grad(x0: torch.Tensor, target: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor],
+                  weight: Optional[torch.Tensor] = None, tile: int = 0, halo: int = 8,
+                  check: Optional[Callable[[], None]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Guidance loss and its gradient d loss / d x0, for the whole latent or per latent tile.
+
+    loss = guidance_loss(decode(x0) cast to x0's dtype, target, weight). With ``tile`` > 0 the latent is split
+    into core tiles of ``tile`` x ``tile`` latent px (the last row/column may be smaller); each core is extended
+    by ``halo`` latent px on every side (clipped at the border), the haloed patch is decoded, and only the core's
+    decoded pixels enter the loss, normalised by the FULL image's C*H*W, so the tile losses sum to the untiled
+    loss and every output pixel counts once. Each patch's gradient is added into the full-size gradient. For a
+    decoder whose receptive field fits in the halo this equals the untiled result; otherwise the gradient is
+    approximate near tile borders. The pixel scale factor s (decoded size / latent size) is taken from the first
+    decoded patch. ``tile`` == 0, or a tile covering the whole latent, is the untiled computation.
+
+    Safe under ``torch.no_grad()`` / ``torch.inference_mode()`` (runs in ``inference_mode(False)`` +
+    ``enable_grad()`` on detached copies); x0, target and weight are never modified.
+
+    Args:
+        x0: (B,C,h,w) floating latent; its dtype is the dtype of the leaf, the loss and the gradient.
+        target: (B,C',s*h,s*w) floating, shaped like decode(x0) (any value range).
+        decode: differentiable callable (B,C,h',w') -> (B,C',s*h',s*w'), any floating dtype.
+        weight: None or a 4-D tensor broadcastable to target, typically (B or 1,1,s*h,s*w) in [0,1].
+        tile: core tile size in latent px, int >= 0 (0 = untiled). halo: latent px, int >= 0.
+        check: None or a callable called before every tile (e.g. an interrupt check); an exception from it stops
+            the loop.
+    Returns:
+        (loss, grad): a 0-D detached tensor >= 0 and a detached tensor of x0's shape, both in x0's dtype/device.
+    """
+    _check_image("x0", x0)
+    _check_image("target", target)
+    if not callable(decode):
+        raise ValueError(f"decode: expected a callable, found {type(decode).__name__}")
+    if weight is not None and (not isinstance(weight, torch.Tensor) or weight.ndim != 4):
+        raise ValueError(f"weight: expected a 4-D tensor or None, found {tuple(getattr(weight, 'shape', ()))}")
+    tile, halo = _int_arg("tile", tile, 0), _int_arg("halo", halo, 0)
+    if check is not None and not callable(check):
+        raise ValueError(f"check: expected a callable or None, found {type(check).__name__}")
+    b, _, h, w = x0.shape
+    if target.shape[0] != b:
+        raise ValueError(f"target: expected a batch of {b} (x0's), found shape {tuple(target.shape)}")
+    whole = tile == 0 or (tile >= h and tile >= w)
+    step_h, step_w = (h, w) if whole else (tile, tile)
+    full_hw = tuple(target.shape[-2:])
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x0.detach().clone()
+        grad = torch.zeros_like(x)
+        total = x.new_zeros(())
+        per_sample = target[0].numel()
+        s = None
+        for ty0 in range(0, h, step_h):
+            for tx0 in range(0, w, step_w):
+                if check is not None:
+                    check()
+                ty1, tx1 = min(h, ty0 + step_h), min(w, tx0 + step_w)
+                hy0, hy1 = (0, h) if whole else (max(0, ty0 - halo), min(h, ty1 + halo))
+                hx0, hx1 = (0, w) if whole else (max(0, tx0 - halo), min(w, tx1 + halo))
+                leaf = x[..., hy0:hy1, hx0:hx1].detach().requires_grad_(True)
+                pred = decode(leaf)
+                if not isinstance(pred, torch.Tensor) or pred.ndim != 4 or pred.shape[0] != b:
+                    raise ValueError(f"decode: expected a (B,C,H,W) tensor with B={b}, found "
+                                     f"{tuple(getattr(pred, 'shape', ()))}")
+                if s is None:
+                    s = pred.shape[-2] // (hy1 - hy0)
+                    if s < 1 or full_hw != (s * h, s * w):
+                        raise ValueError(f"target: expected the decoded size {s * w}x{s * h} (the {w}x{h} latent "
+                                         f"scaled by the decoder's factor {s}), found {tuple(target.shape)}")
+                if pred.shape[1:] != (target.shape[1], s * (hy1 - hy0), s * (hx1 - hx0)):
+                    raise ValueError(f"decode: expected {target.shape[1]} channels of {s * (hx1 - hx0)}x"
+                                     f"{s * (hy1 - hy0)} px for a {hx1 - hx0}x{hy1 - hy0} latent patch, found "
+                                     f"{tuple(pred.shape)}")
+                core = pred[..., s * (ty0 - hy0):s * (ty1 - hy0), s * (tx0 - hx0):s * (tx1 - hx0)].to(x.dtype)
+                ys, xs = slice(s * ty0, s * ty1), slice(s * tx0, s * tx1)
+                tgt = _crop(target, ys, xs, full_hw).detach().to(x.dtype).clone()
+                wt = _crop(weight, ys, xs, full_hw)
+                wt = None if wt is None else wt.detach().clone()
+                loss = guidance_loss(core, tgt, wt)
+                if not whole:
+                    loss = loss * (core[0].numel() / per_sample)
+                (g_patch,) = torch.autograd.grad(loss, leaf)
+                grad[..., hy0:hy1, hx0:hx1] += g_patch
+                total = total + loss.detach()
+                del pred, core, loss, g_patch, leaf
+    return total, grad
+
+
 def guided_x0(x0: torch.Tensor, target: torch.Tensor, decode: Callable[[torch.Tensor], torch.Tensor], scale: float,
-              coef1, weight: Optional[torch.Tensor] = None, repeat: int = 1) -> torch.Tensor:
+              coef1, weight: Optional[torch.Tensor] = None, repeat: int = 1, tile: int = 0, halo: int = 8,
+              check: Optional[Callable[[], None]] = None) -> torch.Tensor:
     """One full guidance update of the predicted clean latent, repeated ``repeat`` times.
 
-    Each repeat: pred = decode(x0), loss = guidance_loss(pred, target, weight),
-    grad = d loss / d x0 (torch.autograd.grad), x0 = apply_guidance_step(x0, grad, scale, coef1).
-    Safe under the caller's torch.no_grad() or torch.inference_mode(): the work runs inside
-    inference_mode(False) + enable_grad() on detached clones (decode's parameters must themselves
-    not be inference tensors). scale == 0 returns a clone of x0 without calling decode.
+    Each repeat: (loss, grad) = guidance_grad(x0, target, decode, weight, tile, halo, check), then
+    x0 = apply_guidance_step(x0, grad, scale, coef1). Safe under the caller's torch.no_grad() or
+    torch.inference_mode() (see guidance_grad; decode's parameters must themselves not be inference tensors).
+    scale == 0 returns a clone of x0 without calling decode.
 
     Args: x0 (B,C,h,w) float latent (model space); target float tensor shaped like decode(x0)
         ([-1,1] image for rgb space, latent for latent space); decode differentiable callable;
-        scale float >= 0; coef1 as in apply_guidance_step; weight as in guidance_loss; repeat int >= 1.
+        scale float >= 0; coef1 as in apply_guidance_step; weight as in guidance_loss; repeat int >= 1;
+        tile, halo (latent px) and check as in guidance_grad (tile 0 = untiled).
     Returns: detached tensor of x0's shape, dtype and device; x0 is never modified.
     """
     _check_image("x0", x0)
@@ -188,12 +364,8 @@ def guided_x0(x0: torch.Tensor, target: torch.Tensor, decode: Callable[[torch.Te
     _coef_view(coef1, x0)
     with torch.inference_mode(False), torch.enable_grad():
         cur = x0.detach().clone()
-        tgt = target.detach().clone() if isinstance(target, torch.Tensor) else target
-        w = weight.detach().clone() if isinstance(weight, torch.Tensor) else weight
         coef = coef1.detach().clone() if isinstance(coef1, torch.Tensor) else coef1
         for _ in range(repeat):
-            leaf = cur.detach().requires_grad_(True)
-            loss = guidance_loss(decode(leaf), tgt, w)
-            (grad,) = torch.autograd.grad(loss, leaf)
-            cur = apply_guidance_step(cur.detach(), grad.to(cur.dtype), scale, coef)
+            _, grad = guidance_grad(cur, target, decode, weight, tile=tile, halo=halo, check=check)
+            cur = apply_guidance_step(cur.detach(), grad, scale, coef)
         return cur.detach()

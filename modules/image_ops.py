@@ -99,3 +99,69 @@ def downscale_max_side(x: torch.Tensor, max_side: int) -> torch.Tensor:
     scale = max_side / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return F.interpolate(x, size=size, mode="area")
+
+
+# Sizes below which an image cannot be sampled meaningfully: it is always brought to SMALL_IMAGE_SHORT_SIDE on its
+# short side (DiffBIR's rule); no resize may make a side longer than MAX_RESIZED_SIDE.
+SMALL_IMAGE_SIDE = 64
+SMALL_IMAGE_SHORT_SIDE = 512
+MAX_RESIZED_SIDE = 8192
+
+
+def short_side_size(height: int, width: int, min_side: int, small_side: int = SMALL_IMAGE_SIDE,
+                    small_short_side: int = SMALL_IMAGE_SHORT_SIDE) -> tuple[int, int]:
+    """The (height, width) an image of ``height`` x ``width`` px is resized to before encoding.
+
+    The short side is brought up to ``min_side`` (0 = off) and, whatever ``min_side`` is, to ``small_short_side``
+    when it is below ``small_side``; the long side keeps the aspect ratio, rounded to the nearest pixel (halves
+    up). Sizes already large enough are returned unchanged; nothing is ever made smaller.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"size: expected positive height and width, found {height}x{width}")
+    short, long = min(height, width), max(height, width)
+    target = max(int(min_side), small_short_side if short < small_side else 0)
+    if short >= target:
+        return height, width
+    new_long = max(target, (2 * long * target + short) // (2 * short))  # round(long * target / short), halves up
+    return (target, new_long) if height <= width else (new_long, target)
+
+
+def check_resized_size(height: int, width: int, new_height: int, new_width: int, name: str = "image",
+                       max_side: int = MAX_RESIZED_SIDE) -> None:
+    """Raise ValueError naming ``name`` when resizing ``height`` x ``width`` to ``new_height`` x ``new_width``
+    would make a side longer than ``max_side`` px (a very thin image brought up to the minimum short side)."""
+    if max(new_height, new_width) > max_side:
+        raise ValueError(
+            f"{name}: expected an image whose long side stays at most {max_side} px once its short side is "
+            f"brought up to {min(new_height, new_width)} px, found {width}x{height} (width x height), which would "
+            f"become {new_width}x{new_height}; crop it to a less extreme aspect ratio first")
+
+
+def resize_bchw(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize (B, C, H, W) float to ``height`` x ``width``: bicubic, antialiased, clamped to [0, 1].
+
+    Any channel count (RGB, grey, RGBA). Computed in float32 and returned in ``x``'s dtype; returns ``x`` itself
+    when the size is already right (no resampling, bit-identical).
+    """
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    y = F.interpolate(x.to(torch.float32), size=(int(height), int(width)), mode="bicubic", align_corners=False,
+                      antialias=True)
+    return y.clamp(0.0, 1.0).to(x.dtype)
+
+
+def restore_size_bhwc(image: torch.Tensor, height: int, width: int, resized_height: int | None = None,
+                      resized_width: int | None = None) -> torch.Tensor:
+    """Undo padding and an optional resize: crop a (B, H, W, C) image to its top-left ``resized_height`` x
+    ``resized_width`` (the size before padding), then resize it back to ``height`` x ``width`` with
+    :func:`resize_bchw` (bicubic, antialiased, clamped to [0, 1]) when the two sizes differ.
+
+    ``resized_*`` None means the image was not resized (crop only, bit-exact). Any channel count survives, and the
+    batch. Raises ValueError when the image is smaller than the crop.
+    """
+    rh = height if resized_height is None else int(resized_height)
+    rw = width if resized_width is None else int(resized_width)
+    out = crop_bhwc(image, rh, rw)
+    if (rh, rw) == (height, width):
+        return out
+    return to_bhwc(resize_bchw(out.permute(0, 3, 1, 2), height, width))

@@ -19,11 +19,32 @@ and the identity comes back bit for bit. A tile that covers the whole image retu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 WEIGHTS = ("gaussian", "uniform")
 DEFAULT_SIGMA_FRAC = 0.1
+
+
+class Tile(NamedTuple):
+    """One window of a tiled evaluation: ``(top, left, height, width)`` inside a ``full_height`` x ``full_width``
+    grid (pixels or latent cells, whatever the tiled tensor's last two axes are)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    full_height: int
+    full_width: int
+
+    def crop(self, t: torch.Tensor, what: str = "tensor") -> torch.Tensor:
+        """The tile's window of ``t`` (..., full_height, full_width) as a view; ValueError naming ``what`` when
+        ``t`` is not of the full grid's size."""
+        if tuple(t.shape[-2:]) != (self.full_height, self.full_width):
+            raise ValueError(f"{what}: expected spatial size {self.full_height}x{self.full_width} (the tiled "
+                             f"tensor's), found {tuple(t.shape[-2:])}")
+        return t[..., self.top:self.top + self.height, self.left:self.left + self.width]
 
 
 def tile_starts(size: int, tile: int, stride: int) -> list[int]:
@@ -70,13 +91,13 @@ def tile_weights(height: int, width: int, weight: str = "gaussian", sigma_frac: 
     if not sigma_frac > 0:
         raise ValueError(f"sigma_frac: expected > 0, found {sigma_frac}")
 
-    def axis(n: int) -> torch.Tensor:
-        i = torch.arange(n, device=device, dtype=torch.float64)
+    def axis(n: int) -> torch.Tensor:  # computed on the CPU in float64 (MPS has no float64), then moved
+        i = torch.arange(n, dtype=torch.float64)
         c = (n - 1) / 2.0
         s = sigma_frac * n
         return torch.exp(-((i - c) ** 2) / (2.0 * s * s))
 
-    return torch.outer(axis(height), axis(width)).to(dtype)
+    return torch.outer(axis(height), axis(width)).to(device=device, dtype=dtype)
 
 
 def _check_tile_stride(tile, stride) -> None:
@@ -89,15 +110,17 @@ def _check_tile_stride(tile, stride) -> None:
                          f"found {stride}")
 
 
-def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, stride: int,
+def tiled_apply(fn: Callable[..., torch.Tensor], x: torch.Tensor, tile: int, stride: int,
                 weight: str = "gaussian", check: Callable[[], None] | None = None,
                 callback: Callable[[int, int], None] | None = None,
-                sigma_frac: float = DEFAULT_SIGMA_FRAC) -> torch.Tensor:
+                sigma_frac: float = DEFAULT_SIGMA_FRAC, pass_tile: bool = False,
+                acc_dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Evaluate ``fn`` on overlapping tiles of ``x`` and blend the results.
 
     Args:
         fn: maps a (B, C, h, w) tile to a (B, C', h, w) tensor (same batch and spatial size; C' may differ from C;
-            any floating dtype/device). It receives views of ``x`` and must not modify them.
+            any floating dtype/device). It receives views of ``x`` and must not modify them. With
+            ``pass_tile=True`` it is called as ``fn(part, tile)`` with the :class:`Tile` it covers.
         x: (B, C, H, W) tensor, any dtype; not modified.
         tile: tile side in pixels (>= 1). Along an axis shorter than ``tile`` the tile is clipped to the image.
         stride: distance between tile starts (1 <= stride <= tile); the last tile is flush with the border.
@@ -105,10 +128,13 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
         check: called before every tile (e.g. an interrupt check that raises).
         callback: called after every tile as ``callback(done, total)`` (e.g. a progress bar).
         sigma_frac: Gaussian sigma as a fraction of the tile side (default 0.1, DiffBIR's value).
+        pass_tile: call ``fn(part, tile)`` instead of ``fn(part)``.
+        acc_dtype: dtype of the blending accumulators: float64 (default; exact to the output's rounding) or
+            float32 (for sampling paths, where float64 is avoided).
 
     Returns:
-        (B, C', H, W) in the dtype of ``fn``'s output, on the device of ``fn``'s output (CPU if that is MPS, which
-        has no float64 for the accumulation). If one tile covers the whole image it is exactly ``fn(x)``.
+        (B, C', H, W) in the dtype of ``fn``'s output, on the device of ``fn``'s output (CPU if that is MPS and the
+        accumulation is float64, which MPS lacks). If one tile covers the whole image it is exactly ``fn(x)``.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         found = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -123,8 +149,9 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     boxes = tile_boxes(h, w, tile, stride)
     total = len(boxes)
 
-    def run(part: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        y = fn(part)
+    def run(part: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+        size = box[2:]
+        y = fn(part, Tile(*box, h, w)) if pass_tile else fn(part)
         if not isinstance(y, torch.Tensor) or y.ndim != 4 or y.shape[0] != b or tuple(y.shape[-2:]) != size:
             found = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise ValueError(f"fn: expected a (B={b}, C, {size[0]}, {size[1]}) output for a tile of that size, "
@@ -136,7 +163,7 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     if total == 1:
         if check is not None:
             check()
-        y = run(x, (h, w))
+        y = run(x, (0, 0, h, w))
         if callback is not None:
             callback(1, 1)
         return y
@@ -147,16 +174,16 @@ def tiled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, til
     for i, (top, left, th, tw) in enumerate(boxes):
         if check is not None:
             check()
-        y = run(x[:, :, top:top + th, left:left + tw], (th, tw))
+        y = run(x[:, :, top:top + th, left:left + tw], (top, left, th, tw))
         if acc is None:
-            dev = y.device if y.device.type != "mps" else torch.device("cpu")
-            acc = torch.zeros((b, y.shape[1], h, w), dtype=torch.float64, device=dev)
-            wsum = torch.zeros((1, 1, h, w), dtype=torch.float64, device=dev)
+            dev = y.device if y.device.type != "mps" or acc_dtype != torch.float64 else torch.device("cpu")
+            acc = torch.zeros((b, y.shape[1], h, w), dtype=acc_dtype, device=dev)
+            wsum = torch.zeros((1, 1, h, w), dtype=acc_dtype, device=dev)
             out_dtype = y.dtype
         if (th, tw) not in weights:
-            weights[(th, tw)] = tile_weights(th, tw, weight, sigma_frac, device=acc.device)
+            weights[(th, tw)] = tile_weights(th, tw, weight, sigma_frac, device=acc.device, dtype=acc_dtype)
         wt = weights[(th, tw)]
-        acc[:, :, top:top + th, left:left + tw] += y.to(device=acc.device, dtype=torch.float64) * wt
+        acc[:, :, top:top + th, left:left + tw] += y.to(device=acc.device, dtype=acc_dtype) * wt
         wsum[:, :, top:top + th, left:left + tw] += wt
         del y
         if callback is not None:

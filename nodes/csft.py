@@ -15,11 +15,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+from ..modules.controlnet_layout import unwrap_state_dict
 from ..modules.csft import (
     CSFT,
     csft_config_from_state_dict,
     csft_state_dict_from_checkpoint,
 )
+from ..modules.weights_kind import identify_weights
 from .common import (
     PackError,
     RestoreParams,
@@ -28,6 +30,7 @@ from .common import (
     model_file_path,
 )
 from .ircontrolnet import CAT_CONTROL, FEATURES, WANT_FEATURES, IRControlNetType
+from .tiled_sampling import set_tiling
 
 CSFTType = io.Custom("ADAPTBIR_CSFT")
 WRAPPER_KEY = "adaptbir_csft"
@@ -72,6 +75,15 @@ def load_csft(sd: dict, metadata: dict, source: str) -> CSFTWeights:
         csft_sd = csft_state_dict_from_checkpoint(sd)
         config = csft_config_from_state_dict(csft_sd)
     except ValueError as e:
+        keys = [str(k) for k in unwrap_state_dict(sd)] if isinstance(sd, dict) else []
+        # the CSFT reader itself names control-net files (no CSFT layers inside); name any other known kind here
+        control = any("cft_blocks." in k for k in keys) or (
+            any(k.startswith(("control_model.", "zero_convs.")) for k in keys)
+            and not any("project_modules." in k for k in keys))  # SUPIR: control_model.* + project_modules.*
+        other = None if control else identify_weights(keys)
+        if other is not None:
+            raise PackError(f"{source}: expected AdaptBIR CSFT weights (cft_blocks.* and upsample_layers.*, from an "
+                            f"AdaptBIR stage-3 checkpoint or this pack's stage-III training), found {other}") from None
         raise PackError(f"{source}: {e}") from None
     return CSFTWeights(csft_sd, config, source, metadata)
 
@@ -180,7 +192,7 @@ def patch_model(model, csft: CSFTWeights, w: torch.Tensor):
     m.set_model_output_block_patch(patch)
     m.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, WRAPPER_KEY, patch.wrap_unet)
     to[WANT_FEATURES] = True
-    return m
+    return set_tiling(m, replace=False)  # out-of-memory falls back to latent tiles (unless already tiled)
 
 
 class CSFTLoader(io.ComfyNode):

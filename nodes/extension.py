@@ -14,6 +14,7 @@ from . import (
     restoration_vae,
     sampling,
     supir,
+    tiled_sampling,
     triage,
 )
 
@@ -22,7 +23,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
     return [*iqa.NODES, *triage.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
             *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
-            *supir.NODES]
+            *tiled_sampling.NODES, *supir.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

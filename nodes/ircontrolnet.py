@@ -17,6 +17,7 @@ from .common import (
     model_file_path,
 )
 from .latent import encode_condition_image
+from .tiled_sampling import crop_condition, current_tile
 
 CAT_CONTROL = "restoration/control"
 IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
@@ -91,8 +92,10 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
     """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
 
     ``cond_hint_original`` is the condition latent (B or 1, 4, h, w) in the hint convention of the weights;
-    it must match the sampled latent's size.
+    it must match the sampled latent's size. Tile-aware: under Tiled Diffusion each call gets the tile's crop.
     """
+
+    supports_latent_tiles = True
 
     def __init__(self, patcher, layout: str):
         super().__init__()
@@ -129,11 +132,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
             return prev
         net = self.patcher.model
         hint = self.cond_hint_original
-        if tuple(hint.shape[-2:]) != tuple(x_noisy.shape[-2:]):
-            raise PackError(
-                f"condition: expected a condition latent of the sampled latent's size "
-                f"{tuple(x_noisy.shape[-2:])}, found {tuple(hint.shape[-2:])}; encode the same (padded) image "
-                f"you sample")
+        tile = current_tile(transformer_options)  # one tile of Tiled Diffusion: crop the hint to it
+        crop_condition(hint, x_noisy, tile, "condition")  # size check before any work
         if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
                 or self.cond_hint.device != x_noisy.device:
             hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
@@ -143,7 +143,8 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         ms = self.model_sampling_current
         x_in = ms.calculate_input(t, x_noisy).to(net.dtype)
         context = cond["c_crossattn"].to(net.dtype)
-        out = net(torch.cat([x_in, self.cond_hint], dim=1), ms.timestep(t).float(), context, return_features=want)
+        hint = crop_condition(self.cond_hint, x_noisy, tile, "condition")
+        out = net(torch.cat([x_in, hint], dim=1), ms.timestep(t).float(), context, return_features=want)
         if want:
             out, features = out
             # AdaptBIR scales the raw features by the control strength too (they are new tensors: no aliasing)

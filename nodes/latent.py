@@ -5,7 +5,16 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..modules.image_ops import crop_bhwc, pad_to_multiple, to_bhwc
+from ..modules.image_ops import (
+    SMALL_IMAGE_SHORT_SIDE,
+    SMALL_IMAGE_SIDE,
+    check_resized_size,
+    pad_to_multiple,
+    resize_bchw,
+    restore_size_bhwc,
+    short_side_size,
+    to_bhwc,
+)
 from ..modules.latent_mix import mix_latents
 from .common import (
     CAT_IMAGE,
@@ -17,7 +26,8 @@ from .common import (
     input_image,
 )
 
-# Key under which a LATENT carries the original image size; samplers copy the dict, so it survives sampling.
+# Key under which a LATENT carries the crop record (see make_condition); samplers copy the dict, so it survives
+# sampling.
 CROP_KEY = "adaptbir_crop"
 
 
@@ -75,24 +85,60 @@ def dual_encode(restoration_vae, internal_vae, pixels_bchw: torch.Tensor, ks: to
     return mix_latents(z_r, z_i, ks)
 
 
+def crop_record(size: tuple[int, int], resized: tuple[int, int], pad: tuple[int, int]) -> dict:
+    """The crop record (the LATENT's ``CROP_KEY`` and the condition's ``crop``), plain ints:
+
+    ``height``/``width``: the input image's size (what Crop To Original returns); ``resized_height``/
+    ``resized_width``: its size after the small-image/min_side resize, before padding (equal to height/width when
+    it was not resized); ``pad_bottom``/``pad_right``: the edge padding added to the resized image. Records made
+    before ``resized_*`` existed lack them and mean "not resized".
+    """
+    return {"height": int(size[0]), "width": int(size[1]), "pad_bottom": int(pad[0]), "pad_right": int(pad[1]),
+            "resized_height": int(resized[0]), "resized_width": int(resized[1])}
+
+
 def make_condition(vae, z: torch.Tensor, padded: torch.Tensor, pad: tuple[int, int], size: tuple[int, int],
-                   k: torch.Tensor) -> dict:
+                   k: torch.Tensor, resized: tuple[int, int] | None = None) -> dict:
     """The ADAPTBIR_CONDITION hand-off: ``samples`` (raw latent z, (B,C,h,w)), ``post_quant`` (z after ``vae``'s
-    post_quant_conv: AdaptBIR's hint space; None without one), ``k`` ((B,) mix weights), ``crop`` (original
-    height/width and the bottom/right padding) and ``image`` (the padded input, (B,H,W,3) [0,1], for guidance and
-    colour fix)."""
-    crop = {"height": size[0], "width": size[1], "pad_bottom": pad[0], "pad_right": pad[1]}
+    post_quant_conv: AdaptBIR's hint space; None without one), ``k`` ((B,) mix weights), ``crop`` (the
+    :func:`crop_record`: original size, size after resizing, bottom/right padding) and ``image`` (the resized and
+    padded input, (B,H,W,3) [0,1], the sampled image's size, for guidance and colour fix).
+
+    ``size`` is the input image's (height, width), ``resized`` its size before padding (None = ``size``)."""
+    crop = crop_record(size, size if resized is None else resized, pad)
     return {"samples": z, "post_quant": post_quant(vae, z), "k": k, "crop": crop,
             "image": padded.permute(0, 2, 3, 1).contiguous()}
 
 
-def encode_condition_image(image, vae, pad_multiple: int = 64, tile_size: int = 0, k: float = 1.0) -> dict:
+def fit_size(x: torch.Tensor, min_side: int = 0, name: str = "image") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Bring (B,3,H,W) [0,1] up to a size that can be sampled, before padding: the short side to ``min_side``
+    (0 = off) and, always, to 512 px when a side is under 64 px (DiffBIR's rule); bicubic, antialiased, clamped to
+    [0, 1]. Returns ``(image, (height, width))``; an image that needs no resize is returned as is. PackError
+    naming ``name`` when the long side would exceed 8192 px."""
+    h, w = x.shape[-2:]
+    if int(min_side) < 0:
+        raise PackError(f"min_side: expected 0 (off) or a positive number of pixels, found {min_side}")
+    nh, nw = short_side_size(h, w, int(min_side))
+    try:
+        check_resized_size(h, w, nh, nw, name)
+    except ValueError as e:
+        # lowering min_side helps only when it, not the small-image rule, set the target short side
+        by_min_side = int(min_side) > 0 and (min(h, w) >= SMALL_IMAGE_SIDE or int(min_side) > SMALL_IMAGE_SHORT_SIDE)
+        raise PackError(f"{e}{' or lower min_side' if by_min_side else ''}") from None
+    return resize_bchw(x, nh, nw), (nh, nw)
+
+
+def encode_condition_image(image, vae, pad_multiple: int = 64, tile_size: int = 0, k: float = 1.0,
+                           min_side: int = 0) -> dict:
     """Encode an IMAGE (e.g. the stage-1 result) with one VAE into a condition, recording ``k`` for every image
-    (1 = the internal VAE; 0 = a restoration encoder such as SUPIR's). ``tile_size`` as for :func:`encode`."""
+    (1 = the internal VAE; 0 = a restoration encoder such as SUPIR's). ``tile_size`` as for :func:`encode`; the
+    image is resized first as :func:`fit_size` says (sides under 64 px: short side to 512)."""
     x = input_image(image, "image")
+    size = tuple(x.shape[-2:])
+    x, resized = fit_size(x, min_side, "image")
     padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
     z = encode(vae, padded, tile_size)
-    return make_condition(vae, z, padded, pad, tuple(x.shape[-2:]), torch.full((x.shape[0],), float(k)))
+    return make_condition(vae, z, padded, pad, size, torch.full((x.shape[0],), float(k)), resized)
 
 
 class DualEncoderInterpolate(io.ComfyNode):
@@ -107,7 +153,9 @@ class DualEncoderInterpolate(io.ComfyNode):
                 "remove degradations) and with the checkpoint's own VAE, and mixes the two latents: "
                 "z = (1 - k) * z_restoration + k * z_internal. k = 0 trusts only the restoration encoder (for "
                 "badly degraded inputs); larger k keeps more of the input's real detail. Sizes that are not a "
-                "multiple of pad_multiple are edge-padded; Crop To Original removes the padding after decoding."),
+                "multiple of pad_multiple are edge-padded; Crop To Original removes the padding after decoding. "
+                "Images with a side under 64 px (or a short side under min_side) are first upscaled, and Crop To "
+                "Original scales the result back to the input's size."),
             inputs=[
                 io.Image.Input("image", tooltip="The (resized) low-quality image to restore; RGBA/grey accepted."),
                 io.Vae.Input("restoration_vae", tooltip=(
@@ -126,11 +174,16 @@ class DualEncoderInterpolate(io.ComfyNode):
                 RestoreParams.Input("params", optional=True, tooltip=(
                     "Per-image parameters from IQA Classifier; when connected its k replaces the k widget, image "
                     "by image.")),
+                io.Int.Input("min_side", default=0, min=0, max=4096, step=8, optional=True, tooltip=(
+                    "Upscale (bicubic, antialiased) images whose short side is below this many pixels so that it "
+                    "equals it, aspect kept, before padding (DiffBIR: 512). 0 = off. Whatever this is, an image "
+                    "with a side under 64 px is always brought to 512 px on its short side. Crop To Original "
+                    "scales the result back to the input's size.")),
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip=(
                     "The mixed latent in ComfyUI's raw VAE space (before post_quant_conv), usable by samplers "
-                    "and VAE Decode; it remembers the original size for Crop To Original.")),
+                    "and VAE Decode; it remembers the original size (and any upscale) for Crop To Original.")),
                 RestoreCondition.Output("condition", tooltip=(
                     "The same mix for the IRControlNet/CSFT condition, in both hint conventions (DiffBIR: "
                     "0.18215 x latent; AdaptBIR: after post_quant_conv), with the padding record.")),
@@ -139,8 +192,10 @@ class DualEncoderInterpolate(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, restoration_vae, internal_vae, k=0.0, pad_multiple=64, tile_size=0,
-                params=None) -> io.NodeOutput:
+                params=None, min_side=0) -> io.NodeOutput:
         x = input_image(image, "image")
+        b, _, h, w = x.shape
+        x, resized = fit_size(x, min_side, "image")  # size errors before any encoding
         sig_r = _vae_signature(restoration_vae, "restoration_vae")
         sig_i = _vae_signature(internal_vae, "internal_vae")
         if sig_r != sig_i:
@@ -151,7 +206,6 @@ class DualEncoderInterpolate(io.ComfyNode):
         if pad_multiple % sig_i[1] != 0:
             raise PackError(f"pad_multiple: expected a multiple of the VAE compression ({sig_i[1]}), "
                             f"found {pad_multiple}")
-        b, _, h, w = x.shape
         if params is not None:
             try:
                 ks = params.k_tensor(b)
@@ -165,8 +219,8 @@ class DualEncoderInterpolate(io.ComfyNode):
         padded, pad = pad_to_multiple(x, pad_multiple, mode="replicate")
         z = dual_encode(restoration_vae, internal_vae, padded, ks, tile_size)
 
-        condition = make_condition(internal_vae, z, padded, pad, (h, w), ks.clone())
-        return io.NodeOutput({"samples": z, CROP_KEY: condition["crop"]}, condition)
+        condition = make_condition(internal_vae, z, padded, pad, (h, w), ks.clone(), resized)
+        return io.NodeOutput({"samples": z, CROP_KEY: dict(condition["crop"])}, condition)
 
 
 class CropToOriginal(io.ComfyNode):
@@ -177,8 +231,9 @@ class CropToOriginal(io.ComfyNode):
             display_name="Crop To Original Size",
             category=CAT_IMAGE,
             description=(
-                "Removes the padding that Dual Encoder Interpolate added, so the restored image has exactly the "
-                "input's size. Takes the size from the latent (it survives KSampler) or from the condition."),
+                "Removes the padding that Dual Encoder Interpolate added and, when it upscaled a small image, "
+                "scales the result back (bicubic, antialiased), so the restored image has exactly the input's "
+                "size. Takes the size from the latent (it survives KSampler) or from the condition."),
             inputs=[
                 io.Image.Input("image", tooltip="The decoded (padded) image."),
                 io.Latent.Input("latent", optional=True, tooltip=(
@@ -186,7 +241,10 @@ class CropToOriginal(io.ComfyNode):
                 RestoreCondition.Input("condition", optional=True, tooltip=(
                     "Or the condition output of Dual Encoder Interpolate.")),
             ],
-            outputs=[io.Image.Output("cropped", tooltip="The image cropped to the original height and width.")],
+            outputs=[io.Image.Output("cropped", tooltip=(
+                "The image cropped (and, if it was upscaled before encoding, scaled back) to the original height "
+                "and width; channels and batch as given.")),
+            ],
         )
 
     @classmethod
@@ -200,7 +258,16 @@ class CropToOriginal(io.ComfyNode):
             raise PackError("latent/condition: expected a latent or condition from Dual Encoder Interpolate that "
                             "records the original size, found none; connect one of them")
         try:
-            out = crop_bhwc(image, crop["height"], crop["width"])
+            size = (int(crop["height"]), int(crop["width"]))
+            resized = (int(crop.get("resized_height", size[0])), int(crop.get("resized_width", size[1])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise PackError(f"latent/condition: expected a crop record from Dual Encoder Interpolate (height, width, "
+                            f"...), found {crop!r}") from None
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            raise PackError(f"image: expected an IMAGE (B, H, W, C), found "
+                            f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+        try:
+            out = restore_size_bhwc(image, size[0], size[1], *resized)
         except ValueError as e:
             raise PackError(f"image: {e} (was the image resized after decoding?)") from None
         return io.NodeOutput(out)

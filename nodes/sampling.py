@@ -9,7 +9,17 @@ from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc
 from ..modules.schedules import q_sample_start, spaced_sigmas
 from .common import CAT_IMAGE, PackError, RestoreCondition, input_image
-from .guidance import LOSSES, SPACES, RestorationGuidance, apply_guidance, fit_guide
+from .guidance import (
+    LOSSES,
+    MEMORY_MODES,
+    MIN_TILE,
+    PRECISIONS,
+    SPACES,
+    RestorationGuidance,
+    apply_guidance,
+    fit_guide,
+)
+from .tiled_sampling import set_tiling
 
 CAT_SAMPLING = "restoration/sampling"
 SPACED = "diffbir_spaced"
@@ -29,8 +39,12 @@ def diffbir_sigmas(model, steps: int) -> torch.Tensor:
     return spaced_sigmas(model_alphas_cumprod(model), steps)
 
 
-def guidance_inputs(default_scale: float) -> list:
-    """The restoration-guidance widgets shared by the sampler and the model-patch node (ids are permanent)."""
+def guidance_inputs(default_scale: float, memory: bool = True) -> list:
+    """The restoration-guidance widgets shared by the sampler and the model-patch node (ids are permanent).
+
+    ``memory=False`` leaves out the three (optional) memory widgets of :func:`guidance_memory_inputs`, for a node
+    that lists them after its other optional inputs; the page shows and stores them right after ``block_size``
+    either way."""
     return [
         io.Float.Input("guidance_scale", default=default_scale, min=0.0, max=100.0, step=0.01, tooltip=(
             "Restoration guidance strength (DiffBIR g_scale; the step is scale x 3000 x the gradient). 0 = off "
@@ -46,6 +60,30 @@ def guidance_inputs(default_scale: float) -> list:
             "w_mse = Sobel-weighted MSE (region-adaptive, DiffBIR's default); mse = plain MSE.")),
         io.Int.Input("block_size", default=2, min=1, max=64, tooltip=(
             "Block size in pixels of the edge-strength map for w_mse (DiffBIR's code: 2).")),
+        *(guidance_memory_inputs() if memory else []),
+    ]
+
+
+def guidance_memory_inputs() -> list:
+    """The memory/precision widgets of rgb-space guidance (ids are permanent). They are optional inputs, so API
+    prompts and scripts written before they existed still validate (the defaults apply); the page shows and stores
+    them after the required widgets, i.e. right after ``block_size``."""
+    return [
+        io.Combo.Input("g_memory", options=MEMORY_MODES, default="auto", optional=True, tooltip=(
+            "Memory use of rgb-space guidance (latent space ignores it). auto = checkpoint, switching to tiles "
+            "only if memory runs out. full = keep every activation of the VAE decoder (fastest, most memory: "
+            "~22 GB at 1024 px in fp32). checkpoint = recompute each decoder block in the backward pass (a fifth "
+            "of the memory or less, ~+50% guidance compute). tiled = decode and backpropagate tile by tile "
+            "(g_tile_size, 64 px halo; ~1.56x decoder compute at 512 px tiles, gradient slightly approximate at "
+            "tile borders). Every mode retries with smaller tiles (down to 128 px) when memory runs out.")),
+        io.Combo.Input("g_precision", options=PRECISIONS, default="auto", optional=True, tooltip=(
+            "Precision of the VAE decoder copy used by rgb-space guidance (latent space ignores it). auto = what "
+            "ComfyUI uses for a VAE on this device (bf16 on recent GPUs, fp32 on CPU); bf16/fp16 halve decoder "
+            "memory and time; fp32 = exact. The loss and the update always run in fp32. bf16/fp16 fall back to "
+            "fp32 where the device does not support them.")),
+        io.Int.Input("g_tile_size", default=512, min=MIN_TILE, max=4096, step=64, optional=True, tooltip=(
+            "Tile size in pixels for g_memory 'tiled', and the first tile size tried when memory runs out (then "
+            "halved down to 128). Smaller tiles use less memory and cost more compute.")),
     ]
 
 
@@ -117,13 +155,15 @@ class RestorationGuidanceSampler(io.ComfyNode):
                     "ComfyUI sampler. ddpm + diffbir_spaced = DiffBIR's spaced sampler.")),
                 io.Combo.Input("scheduler", options=[SPACED, *comfy.samplers.KSampler.SCHEDULERS], default=SPACED,
                                tooltip="diffbir_spaced = IDDPM respacing as in DiffBIR; or any ComfyUI scheduler."),
-                *guidance_inputs(default_scale=0.0),
+                *guidance_inputs(default_scale=0.0, memory=False),
                 RestoreCondition.Input("condition", optional=True, tooltip=(
                     "Condition from Dual Encoder Interpolate / Apply IRControlNet: its image is the default guide "
                     "and its latent the 'cond' start.")),
                 io.Image.Input("guide_image", optional=True, tooltip=(
                     "Guide image (the stage-1 result); overrides the condition's image. Same size as the output "
                     "(before or after padding to 64).")),
+                # listed last so the existing inputs keep their positions; shown and stored after block_size
+                *guidance_memory_inputs(),
             ],
             outputs=[io.Latent.Output("latent", tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
         )
@@ -135,7 +175,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
                 sampler_name="ddpm", scheduler=SPACED, guidance_scale=0.0, g_start=1001, g_stop=-1, g_repeat=1,
-                g_space="rgb", g_loss="w_mse", block_size=2, condition=None, guide_image=None) -> io.NodeOutput:
+                g_space="rgb", g_loss="w_mse", block_size=2, condition=None, guide_image=None, g_memory="auto",
+                g_precision="auto", g_tile_size=512) -> io.NodeOutput:
         import comfy.sample
         import comfy.samplers
         import latent_preview
@@ -159,7 +200,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
                                 f"found {guide.shape[0]}")
             fit_guide(guide, latent.shape[-2] * 8, latent.shape[-1] * 8)  # size errors before sampling starts
             m = apply_guidance(model, RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat,
-                                                          g_space, g_loss, block_size))
+                                                          g_space, g_loss, block_size, memory=g_memory,
+                                                          precision=g_precision, tile_size=g_tile_size))
 
         batch_inds = latent_image.get("batch_index")
         noise = comfy.sample.prepare_noise(latent, seed, batch_inds)
@@ -173,6 +215,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
             x_t = q_sample_start(c, noise, model_alphas_cumprod(model), t=999)
             latent, noise = lf.process_out(x_t), torch.zeros_like(noise)
 
+        m = set_tiling(m.clone(), replace=False)  # out-of-memory falls back to latent tiles (unless tiled)
         callback = latent_preview.prepare_callback(m, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(
             m, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas, positive, negative, latent,
@@ -209,12 +252,13 @@ class ApplyRestorationGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, vae, guide_image, guidance_scale=0.5, g_start=1001, g_stop=-1, g_repeat=1,
-                g_space="rgb", g_loss="w_mse", block_size=2) -> io.NodeOutput:
+                g_space="rgb", g_loss="w_mse", block_size=2, g_memory="auto", g_precision="auto",
+                g_tile_size=512) -> io.NodeOutput:
         if guidance_scale == 0:
             return io.NodeOutput(model.clone())
         guide = input_image(guide_image, "guide_image")
         patch = RestorationGuidance(vae, guide, guidance_scale, g_start, g_stop, g_repeat, g_space, g_loss,
-                                    block_size)
+                                    block_size, memory=g_memory, precision=g_precision, tile_size=g_tile_size)
         return io.NodeOutput(apply_guidance(model, patch))
 
 

@@ -34,6 +34,7 @@ from .supir_model import (
     check_unet_fits,
     unet_signature,
 )
+from .tiled_sampling import set_tiling
 
 CAT_SUPIR = f"{CATEGORY_ROOT}/supir"
 SUPIRType = io.Custom("ADAPTBIR_SUPIR")
@@ -116,14 +117,25 @@ def _stage1_vae(denoise_sd: dict, vae, name: str):
 
 
 def _read_lora(name: str) -> dict:
-    import comfy.utils
+    return load_weights(model_file_path("loras", name), "LoRA weights")
 
-    path = model_file_path("loras", name)
-    try:
-        return comfy.utils.load_torch_file(path, safe_load=True)
-    except Exception as e:  # noqa: BLE001 - one clear message for any unreadable file
-        raise PackError(f"lora '{name}': expected LoRA weights (safetensors or a weights-only PyTorch file), it "
-                        f"could not be read safely ({type(e).__name__})") from None
+
+def _check_lora_matches(name: str, lora: dict, model, clip) -> None:
+    """PackError unless some tensor of ``lora`` patches a layer of ``model``'s UNet or ``clip``'s text encoders
+    (ComfyUI's own key maps); without this a LoRA for another model family would silently do nothing."""
+    import comfy.lora
+    import comfy.lora_convert
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    if clip is not None:
+        key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
+    if comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False):
+        return
+    targets = "UNet or text encoders" if clip is not None else "UNet (no clip connected)"
+    kind = describe_weights(lora)
+    found = (f"a LoRA whose {len(lora)} tensors match no layer of it (a LoRA for another model family?)"
+             if kind.startswith("a LoRA") else kind)
+    raise PackError(f"lora '{name}': expected a LoRA for the connected SDXL model's {targets}, found {found}")
 
 
 def apply_loras(model, clip, adapter_patcher, loras):
@@ -141,6 +153,7 @@ def apply_loras(model, clip, adapter_patcher, loras):
             continue
         lora = _read_lora(entry["name"])
         if sm != 0 or sc != 0:  # exactly what ComfyUI's LoraLoader does
+            _check_lora_matches(entry["name"], lora, model, clip)
             model, clip = comfy.sd.load_lora_for_models(model, clip, lora, sm, sc)
         if sa != 0:
             if key_map is None:
@@ -312,7 +325,7 @@ def patch_model(model, supir: SUPIRAdapter, hint: torch.Tensor, scale_start: flo
         m.set_model_sampler_post_cfg_function(RestoreCFG(x_center, restore_cfg, s_tmin, sigma_max))
     if cfg_start > 0:
         m.set_model_sampler_cfg_function(_cfg_function(cfg_start, sigma_max), disable_cfg1_optimization=True)
-    return m
+    return set_tiling(m, replace=False)  # out-of-memory falls back to latent tiles (unless already tiled)
 
 
 class SUPIRApply(io.ComfyNode):

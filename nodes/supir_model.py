@@ -25,6 +25,7 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 
 from ..modules.supir import SUPIRConnectors, linear_in_sigma, supir_layout
 from .common import PackError, check_interrupt
+from .tiled_sampling import crop_condition, current_tile
 
 WRAPPER_KEY = "adaptbir_supir"
 ADDITIONAL_KEY = "adaptbir_supir"
@@ -197,11 +198,13 @@ class SUPIRPatch:
             return executor(*args, **kwargs)
         net = self.patcher.model
         dtype = net.control_model.dtype
-        if tuple(self.hint.shape[-2:]) != tuple(x.shape[-2:]):
+        tile = current_tile(opts)  # one tile of Tiled Diffusion: the hint's crop for it
+        full = (tile.full_height, tile.full_width) if tile is not None else tuple(x.shape[-2:])
+        if tuple(self.hint.shape[-2:]) != full:
             raise PackError(f"SUPIR Apply: expected the sampled latent to have the control latent's size "
-                            f"{tuple(self.hint.shape[-2:])}, found {tuple(x.shape[-2:])}; sample the latent that "
+                            f"{tuple(self.hint.shape[-2:])}, found {full}; sample the latent that "
                             f"SUPIR Apply outputs (or one of its size)")
-        hint = self.hint_for(n, chunks, x.device, dtype)
+        hint = crop_condition(self.hint_for(n, chunks, x.device, dtype), x, tile, "SUPIR Apply hint")
         features = net.control_model(hint, x.to(dtype), timesteps, context.to(dtype),
                                      None if y is None else y.to(dtype))
         s = scale.to(device=x.device).view(-1, 1, 1, 1)

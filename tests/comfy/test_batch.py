@@ -35,7 +35,7 @@ def images(folder: Path, n=3):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     for i in range(n):
-        Image.fromarray((rng.random((12 + 4 * i, 16, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
+        Image.fromarray((rng.random((16 + 4 * i, 20, 3)) * 255).astype(np.uint8)).save(folder / f"img{i}.png")
     return folder
 
 
@@ -74,7 +74,7 @@ def test_three_images_and_resume_after_an_interruption(runner, tmp_path, monkeyp
     assert summary == {"done": ["img1.png", "img2.png"], "skipped": ["img0.png"]}
     for i in range(3):
         with Image.open(out / f"img{i}.png") as im:  # one output per input, at 4x (Stage-1 Restore) and cropped
-            assert im.size == (16 * 4, (12 + 4 * i) * 4)
+            assert im.size == (20 * 4, (16 + 4 * i) * 4)
     again = runner.run_batch(str(wf), str(src), str(out), progress=False, overwrite=True)
     assert again["done"] == ["img0.png", "img1.png", "img2.png"]
 

@@ -92,6 +92,7 @@ CHECKED_PATCHING_NODES = {
     "AdaptBIR_LoRASUPIRLoader": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
     "AdaptBIR_SUPIRApply": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
     "AdaptBIR_SUPIRConditioning": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
+    "AdaptBIR_TiledDiffusion": ("tests.comfy.test_tiled_sampling", "test_tiled_diffusion_leaves_the_model_alone"),
 }
 
 

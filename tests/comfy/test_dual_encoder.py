@@ -38,7 +38,7 @@ def run_dual(host, tiny, image, **kw):
 
 @pytest.fixture(scope="module")
 def img():
-    return sample_images(2, 37, 53)
+    return sample_images(2, 69, 85)  # sides >= 64: not upscaled (see test_sizes.py), padded to 128
 
 
 def test_k0_is_the_restoration_latent_and_k1_the_internal_one_exactly(host, tiny, img):
@@ -48,7 +48,7 @@ def test_k0_is_the_restoration_latent_and_k1_the_internal_one_exactly(host, tiny
     lat0, cond0, _ = run_dual(host, tiny, img, k=0.0)
     lat1, _, _ = run_dual(host, tiny, img, k=1.0)
     assert torch.equal(lat0["samples"], z_r) and torch.equal(lat1["samples"], z_i)
-    assert lat0["samples"].shape == (2, 4, 8, 8)  # 37x53 padded to 64x64
+    assert lat0["samples"].shape == (2, 4, 16, 16)  # 69x85 padded to 128x128
     assert torch.equal(cond0["samples"], z_r) and cond0["k"].tolist() == [0.0, 0.0]
 
 
@@ -68,7 +68,7 @@ def test_post_quant_hint_matches_the_vae_decoder_input(host, tiny, img):
 
 
 def test_per_image_k_from_the_classifier(host, tiny, iqa_files):
-    image = sample_images(3, 40, 56)
+    image = sample_images(3, 72, 88)
     lat, cond, ex = run_dual(host, tiny, image, params=True)
     params = host.output(ex, "6", 0)
     z_r = encode_direct(tiny, R_SEED, image)
@@ -79,9 +79,9 @@ def test_per_image_k_from_the_classifier(host, tiny, iqa_files):
 
 
 def test_batch_mismatch_between_params_and_image_is_refused(host, tiny, iqa_files):
-    image = sample_images(3, 40, 56)
+    image = sample_images(3, 72, 88)
     prompt = dual_prompt(tiny, image, params=True)
-    tiny.IMAGES["other"] = sample_images(2, 40, 56)
+    tiny.IMAGES["other"] = sample_images(2, 72, 88)
     prompt["7"] = {"class_type": "AdaptBIRTest_Image", "inputs": {"name": "other"}}
     prompt["4"]["inputs"]["image"] = ["7", 0]
     with pytest.raises(ExecutionFailed, match="3 per-image values but the batch has 2"):
@@ -123,8 +123,8 @@ def test_iqa_dual_encoder_ksampler_decode_crop_graph(host, tiny, img, iqa_files)
     ex = host.run(prompt)
     decoded = host.output(ex, "13", 0)
     out = host.output(ex, "14", 0)
-    assert decoded.shape == (2, 64, 64, 3) and out.shape == (2, 37, 53, 3)
-    assert torch.equal(out, decoded[:, :37, :53]) and torch.equal(out, host.output(ex, "15", 0))
+    assert decoded.shape == (2, 128, 128, 3) and out.shape == (2, 69, 85, 3)
+    assert torch.equal(out, decoded[:, :69, :85]) and torch.equal(out, host.output(ex, "15", 0))
 
 
 def test_crop_without_size_record_is_refused(host, tiny, img):

@@ -203,9 +203,9 @@ def test_guidance_patch_works_with_the_stock_ksampler_and_leaves_the_model_alone
 
 
 def test_guide_for_the_unpadded_image_is_edge_padded(host, tiny, irc_file):
-    img = sample_images(1, 37, 53)  # the sampled latent is 64x64 (padded), the guide is the original image
+    img = sample_images(1, 69, 85)  # the sampled latent is 128x128 (padded), the guide is the original image
     p = sampler_graph(tiny, irc_file, img, scale=0.5 / 64)
-    p["7"]["inputs"].update(width=64, height=64)
+    p["7"]["inputs"].update(width=128, height=128)
     p["8"]["inputs"]["guide_image"] = ["1", 0]
     lat, dec, _ = run(host, p)
-    assert dec.shape == (1, 64, 64, 3) and torch.isfinite(lat).all()
+    assert dec.shape == (1, 128, 128, 3) and torch.isfinite(lat).all()

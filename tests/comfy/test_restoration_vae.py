@@ -68,14 +68,14 @@ def loader_prompt(tiny, image, ckpt, k=0.0, with_vae=False):
 
 @pytest.fixture(scope="module")
 def img():
-    return sample_images(2, 37, 53)
+    return sample_images(2, 69, 85)  # sides >= 64: not upscaled (see test_sizes.py), padded to 128
 
 
 def test_adaptbir_file_gives_the_restoration_encoder_with_the_sd_quant_conv(host, tiny, restoration_files, img):
     ex = host.run(loader_prompt(tiny, img, ADAPTBIR_FILE, k=0.0))
     z = host.output(ex, "4", 0)["samples"]
     want = encode(expected_restoration_vae(tiny), img)
-    assert z.shape == (2, 4, 8, 8)
+    assert z.shape == (2, 4, 16, 16)
     assert torch.equal(z, want)
     # the stage-1 VAE's own quant_conv (seed 1) would give another latent: the SD VAE's one was taken
     assert not torch.allclose(z, encode(tiny.tiny_vae(R_SEED), img), atol=1e-3)
@@ -96,7 +96,7 @@ def test_restoration_vae_decodes_like_the_sd_vae(host, tiny, restoration_files, 
     p["8"] = {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["6", 0]}}
     p["9"] = {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["7", 0]}}
     ex = host.run(p)
-    assert host.output(ex, "6", 0).shape == (2, 64, 64, 3)
+    assert host.output(ex, "6", 0).shape == (2, 128, 128, 3)
     assert torch.equal(host.output(ex, "6", 0), host.output(ex, "7", 0))
 
 

@@ -127,7 +127,7 @@ def write_tiny_files(models: Path, inputs: Path, tiny, sm_module=None, sdxl=None
         save_file({k: v.contiguous() for k, v in sd.items()}, str(models / "supir" / "SUPIR-v0Q_fp16.safetensors"))
     rng = np.random.default_rng(0)
     for name in ("example.png", "example2.png", "example3.png"):
-        Image.fromarray((rng.random((24, 28, 3)) * 255).astype(np.uint8)).save(inputs / name)
+        Image.fromarray((rng.random((32, 36, 3)) * 255).astype(np.uint8)).save(inputs / name)
 
 
 def tiny_prompt(prompt: dict) -> dict:
@@ -269,7 +269,7 @@ def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_s
     assert len(images) == 1
     out = Image.open(host.workdir / "output" / images[0].get("subfolder", "") / images[0]["filename"])
     scale = 4 if name.startswith("diffbir") else 2
-    assert out.size == (28 * scale, 24 * scale)
+    assert out.size == (36 * scale, 32 * scale)
 
 
 @pytest.mark.browser
@@ -281,3 +281,18 @@ def test_batch_runner_conversion_equals_the_page(host, pack, page_results, name)
     page = page_results["prompts"][name]
     assert {k: (v["class_type"], v["inputs"]) for k, v in ours.items()} == \
         {k: (v["class_type"], v["inputs"]) for k, v in page.items()}
+
+
+def test_workflows_saved_before_a_node_gained_widgets_still_convert(host, pack):
+    """A saved workflow stores fewer widget values than a node that later gained (trailing) widgets: the batch
+    runner fills in their defaults like the page does; extra values are still refused."""
+    workflow = pack("batch.workflow")
+    wf = load(REPO / "workflows" / "adaptbir_sd21.json")
+    node = next(n for n in wf["nodes"] if n["type"] == "AdaptBIR_DualEncoderInterpolate")
+    full = workflow.to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS)[str(node["id"])]["inputs"]
+    node["widgets_values"] = node["widgets_values"][:3]  # k, pad_multiple, tile_size: as saved before min_side
+    old = workflow.to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS)[str(node["id"])]["inputs"]
+    assert old["min_side"] == 0 and old == {**full, "min_side": 0}
+    node["widgets_values"] = node["widgets_values"] + [0, 0]
+    with pytest.raises(workflow.WorkflowError, match="widget values"):
+        workflow.to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS)
