@@ -24,6 +24,7 @@ from .common import (
     check_interrupt,
     file_fingerprint,
     input_image,
+    is_oom,
     load_weights,
     model_file_path,
 )
@@ -199,7 +200,9 @@ def _with_smaller_tiles_on_oom(run, tile: int, stride: int, h: int, w: int):
     while True:
         try:
             return run(tile, stride), tile, stride
-        except mm.OOM_EXCEPTION:
+        except Exception as e:  # only out-of-memory is retried; everything else is re-raised
+            if not is_oom(e):
+                raise
             nxt = _smaller_tile(tile, stride, h, w)
             if nxt is None:
                 raise

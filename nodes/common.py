@@ -103,6 +103,17 @@ def input_image(image, name: str = "image"):
         raise PackError(str(e)) from None
 
 
+def is_oom(err: BaseException) -> bool:
+    """True for an out-of-memory error of the torch device (``comfy.model_management.OOM_EXCEPTION``), never for
+    the pack's own errors or a cancel. On torch builds without ``OutOfMemoryError`` ComfyUI's OOM_EXCEPTION is plain
+    ``Exception``; then only the message can say it."""
+    import comfy.model_management as mm
+
+    if isinstance(err, (PackError, mm.InterruptProcessingException)) or not isinstance(err, mm.OOM_EXCEPTION):
+        return False
+    return mm.OOM_EXCEPTION is not Exception or "out of memory" in str(err).lower()
+
+
 def check_interrupt() -> None:
     """Raise ComfyUI's InterruptProcessingException if the user pressed Cancel."""
     import comfy.model_management

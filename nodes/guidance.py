@@ -20,7 +20,7 @@ import torch
 
 from ..modules import guidance as g
 from ..modules.schedules import posterior_mean_coef1
-from .common import PackError, check_interrupt
+from .common import PackError, check_interrupt, is_oom
 
 SPACES = ["rgb", "latent"]
 LOSSES = ["w_mse", "mse"]
@@ -111,14 +111,6 @@ def decoder_dtype(precision: str, device, vae=None) -> torch.dtype:
                         precision, device)
         return torch.float32
     return dtype
-
-
-def _is_oom(err: BaseException) -> bool:
-    import comfy.model_management as mm
-
-    if mm.OOM_EXCEPTION is Exception:  # torch without OutOfMemoryError: only a message says so
-        return "out of memory" in str(err).lower()
-    return isinstance(err, mm.OOM_EXCEPTION)
 
 
 class RestorationGuidance:
@@ -229,7 +221,7 @@ class RestorationGuidance:
                 loss, grad = g.guidance_grad(x0, target, decode, weight, tile=0 if tile_px is None else tile_px // 8,
                                              halo=HALO, check=check_interrupt)
             except Exception as e:  # only out-of-memory is handled here; everything else is re-raised
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 failed = True
             if not failed:

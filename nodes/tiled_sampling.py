@@ -25,7 +25,7 @@ import torch
 from comfy_api.latest import io
 
 from ..modules.tiling import Tile, count_tiles, tiled_apply
-from .common import PackError, check_interrupt
+from .common import PackError, check_interrupt, is_oom
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,6 @@ def crop_condition(t: torch.Tensor, x: torch.Tensor, tile: Tile | None, what: st
         raise PackError(f"{what}: expected a condition latent of the sampled latent's size {full}, found "
                         f"{tuple(t.shape[-2:])}; encode the same (padded) image you sample")
     return t if tile is None else tile.crop(t, what)
-
-
-def _is_oom(e: BaseException) -> bool:
-    import comfy.model_management as mm
-
-    # OOM_EXCEPTION is plain Exception on torch builds without CUDA: never treat our own errors as out of memory.
-    return isinstance(e, mm.OOM_EXCEPTION) and not isinstance(e, (PackError, mm.InterruptProcessingException)) \
-        and (mm.OOM_EXCEPTION is not Exception or "out of memory" in str(e).lower())
 
 
 def _tile_aware(control) -> bool:
@@ -119,7 +111,7 @@ class LatentTiler:
                     return executor(model, conds, x_in, timestep, model_options)
                 return self._tiled(executor, model, conds, x_in, timestep, model_options)
             except Exception as e:
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 self._smaller_tiles(x_in)
 

@@ -128,6 +128,25 @@ def test_single_covering_tile_is_exact_and_smaller_tiles_are_close(host, tiny, f
     assert not torch.equal(tiled, untiled)
 
 
+def test_out_of_memory_retries_with_smaller_tiles(host, tiny, files, pack, monkeypatch, caplog):
+    import logging
+
+    cls = pack("modules.swinir").SwinIR
+    real = cls.forward
+
+    def starved(self, x):  # a device that holds at most 128-px tiles
+        if max(x.shape[-2:]) > 128:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (test)")
+        return real(self, x)
+
+    img = sample_images(1, 256, 256, seed=2)
+    want = run_restore(host, tiny, img, tile_size=128, tile_stride=64)
+    monkeypatch.setattr(cls, "forward", starved)
+    with caplog.at_level(logging.WARNING):
+        got = run_restore(host, tiny, img, tile_size=0)  # whole image, then 128-px tiles
+    assert "out of memory" in caplog.text and torch.equal(got, want)
+
+
 def test_interrupt_check_and_progress_once_per_tile(host, tiny, files, monkeypatch):
     import comfy.model_management
     import comfy.utils
