@@ -63,12 +63,30 @@ def _error_text(messages) -> str:
     return f"{err.get('node_type')}: {err.get('exception_message', '').strip()}"
 
 
+def _check_no_input_is_lost(files: list, input_dir: str, output_dir: str) -> None:
+    """WorkflowError when an output could replace an input (the same folder) or two inputs would be saved under the
+    same output name (``a.jpg`` and ``a.png`` -> ``a.png``)."""
+    if os.path.realpath(output_dir) == os.path.realpath(input_dir):
+        raise WorkflowError(f"output folder: expected a folder other than the input folder (outputs named like the "
+                            f"inputs would replace them), found the input folder itself ({output_dir}); choose "
+                            f"another output folder")
+    by_target: dict = {}
+    for name in files:
+        by_target.setdefault(os.path.splitext(name)[0] + ".png", []).append(name)
+    clash = {t: names for t, names in by_target.items() if len(names) > 1}
+    if clash:
+        t, names = next(iter(clash.items()))
+        raise WorkflowError(f"input folder: expected one image per output name, found {' and '.join(names)} that "
+                            f"would both be saved as {t} ({len(clash)} such name(s)); rename or move one of them")
+
+
 def run_batch(workflow_path: str, input_dir: str, output_dir: str, *, overwrite: bool = False,
               progress: bool = True, server=None) -> dict:
     """Run ``workflow_path`` on each image of ``input_dir``; returns ``{"done": [...], "skipped": [...]}`` (file
     names). ComfyUI (its ``nodes``, ``execution``, ``folder_paths``) must already be imported with the node packs
-    loaded. Raises WorkflowError for an unusable workflow or missing model files, RuntimeError when an image fails
-    (the message names the image and the node)."""
+    loaded. Raises WorkflowError for an unusable workflow, missing model files, an output folder that is the input
+    folder or two inputs with the same output name; RuntimeError when an image fails (the message names the image
+    and the node) or when ComfyUI's interrupt flag is set between images (finished outputs are kept)."""
     import execution
     import folder_paths
     from tqdm import tqdm
@@ -86,6 +104,7 @@ def run_batch(workflow_path: str, input_dir: str, output_dir: str, *, overwrite:
     files = image_files(input_dir)
     if not files:
         raise WorkflowError(f"input folder: expected images (png, jpg, webp, ...), found none in {input_dir}")
+    _check_no_input_is_lost(files, input_dir, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     work = os.path.join(output_dir, ".batch-work")
     old_in, old_out = folder_paths.get_input_directory(), folder_paths.get_output_directory()
@@ -95,8 +114,15 @@ def run_batch(workflow_path: str, input_dir: str, output_dir: str, *, overwrite:
     executor = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
                                         cache_args={"lru": 0, "ram": 0})
     done, skipped = [], []
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(False)  # like ComfyUI's executor at the start of a prompt
     try:
         for name in tqdm(files, desc=os.path.basename(workflow_path), unit="image", disable=not progress):
+            if mm.processing_interrupted():  # cancelled after the last check inside the previous image
+                mm.interrupt_current_processing(False)
+                raise RuntimeError(f"{name}: the batch was interrupted before this image ({len(done)} done); run "
+                                   f"the same command again to resume")
             target = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
             if os.path.exists(target) and not overwrite:
                 skipped.append(name)

@@ -27,6 +27,7 @@ from .common import (
     is_oom,
     load_weights,
     model_file_path,
+    widget_bounds_error,
 )
 
 CAT_STAGE1 = f"{CATEGORY_ROOT}/stage1"
@@ -341,6 +342,10 @@ class Stage1Restore(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, output_scale=1.0, tile_size=512, tile_stride=256, **kwargs):
+        bad = widget_bounds_error(cls, {"output_scale": output_scale, "tile_size": tile_size,
+                                        "tile_stride": tile_stride, **kwargs})
+        if bad:
+            return bad
         if isinstance(output_scale, (int, float)) and not output_scale > 0:
             return f"output_scale: expected a value > 0, found {output_scale}"
         if isinstance(tile_size, int) and isinstance(tile_stride, int) and tile_size > 0 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -94,13 +95,67 @@ def _unreadable(name: str, what: str, e: Exception) -> str:
             f"Nothing in it was executed.")
 
 
+# Appended to every "NaN or inf" image error: decoded images are where NaN usually comes from.
+NAN_HINT = ("; if it comes from VAE Decode, the VAE overflowed (common with SD/SDXL VAEs in fp16): decode in fp32 "
+            "or bf16 (start ComfyUI with --fp32-vae or --bf16-vae, or use an fp16-fixed VAE)")
+
+
+def image_error(err: ValueError) -> PackError:
+    """A PackError from an image check's ValueError (text kept; the NaN/inf one gets :data:`NAN_HINT`)."""
+    text = str(err)
+    return PackError(text + NAN_HINT if "NaN or inf" in text else text)
+
+
 def input_image(image, name: str = "image"):
     """A node's IMAGE input as (B, 3, H, W) float32 RGB in [0, 1] (grey repeated, alpha dropped), or PackError
-    naming the input when it is empty, has an unusual channel count or holds NaN/inf."""
+    naming the input when it is empty, has an unusual channel count or holds NaN/inf (with a fix for a VAE that
+    decoded to NaN)."""
     try:
         return to_rgb_bchw(image, name)
     except ValueError as e:
-        raise PackError(str(e)) from None
+        raise image_error(e) from None
+
+
+def widget_bounds_error(node_cls, values: dict) -> str | None:
+    """The message for the first number widget of ``node_cls`` whose value in ``values`` lies outside the
+    widget's min/max (or is NaN), naming the input, the range and the value; None when every value fits.
+
+    ComfyUI skips its own min/max check for the inputs a node's ``validate_inputs`` names, and for all inputs when
+    it takes ``**kwargs``; such nodes call this from ``validate_inputs`` so that out-of-range values are still
+    refused before anything runs. Linked values (None while validating), booleans and non-numbers are skipped."""
+    spec = node_cls.INPUT_TYPES()
+    for group in ("required", "optional"):
+        for name, entry in (spec.get(group) or {}).items():
+            val = values.get(name)
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or len(entry) < 2 \
+                    or not isinstance(entry[1], dict):
+                continue
+            lo, hi = entry[1].get("min"), entry[1].get("max")
+            nan = isinstance(val, float) and math.isnan(val)
+            if nan or (lo is not None and val < lo) or (hi is not None and val > hi):
+                return f"{name}: expected a value in [{lo}, {hi}], found {val}"
+    return None
+
+
+def choice_error(node_cls, values: dict) -> str | None:
+    """The message for the first combo widget of ``node_cls`` named in ``values`` whose value is not one of the
+    widget's options, naming the input, the options and the value; None when every value is an option.
+
+    ComfyUI (0.3.75) checks combo values only where INPUT_TYPES lists the options as the type; nodes written
+    with the v3 schema declare "COMBO" with an ``options`` entry, so any string (e.g. an option renamed since a
+    workflow was saved, or a typo in an API prompt) would reach ``execute`` and silently take another branch.
+    Nodes call this from ``validate_inputs`` for their fixed-choice combos (not for model-file lists, whose
+    loaders name a missing file themselves). Linked values (None while validating) are skipped."""
+    spec = node_cls.INPUT_TYPES()
+    for group in ("required", "optional"):
+        for name, entry in (spec.get(group) or {}).items():
+            val = values.get(name)
+            if not isinstance(val, str) or len(entry) < 2 or not isinstance(entry[1], dict):
+                continue
+            options = entry[1].get("options")
+            if isinstance(options, (list, tuple)) and val not in options:
+                return f"{name}: expected one of {list(options)}, found {val!r}"
+    return None
 
 
 def is_oom(err: BaseException) -> bool:

@@ -113,6 +113,18 @@ def decoder_dtype(precision: str, device, vae=None) -> torch.dtype:
     return dtype
 
 
+FULL_BYTES_PER_PIXEL_ELEMENT = 5840  # activations the SD VAE decoder's backward keeps, per output pixel (elements)
+
+
+def full_guidance_bytes(latent_shape, dtype) -> int:
+    """Activation bytes of an un-checkpointed guidance gradient through the SD VAE decoder for a latent of
+    ``latent_shape`` (B, C, h, w): about 5840 elements per output pixel (counted on the meta device with
+    scripts/benchmark.py: 11.4 GiB at 1024² in bf16, 45.6 GiB at 2048²), times the dtype's size. An estimate for
+    choosing ``auto``'s mode; smaller decoders need less."""
+    b, _, h, w = latent_shape
+    return int(b * h * 8 * w * 8 * FULL_BYTES_PER_PIXEL_ELEMENT * torch.empty((), dtype=dtype).element_size())
+
+
 class RestorationGuidance:
     """Post-CFG function ``fn(args) -> denoised`` applying DiffBIR's guidance (see module docstring).
 
@@ -124,8 +136,9 @@ class RestorationGuidance:
         g_start, g_stop: active while g_stop < t + 1 < g_start, t the model timestep (DiffBIR's window).
         repeat: guidance updates per step. space: "rgb" or "latent". loss: "w_mse" or "mse".
         block_size: Sobel block size of the w_mse weight map.
-        memory: rgb space only. "full" = whole image, every activation kept; "checkpoint" (= "auto") = whole
-            image with per-block gradient checkpointing; "tiled" = decode and back-propagate per ``tile_size``
+        memory: rgb space only. "full" = whole image, every activation kept; "checkpoint" = whole image with
+            per-block gradient checkpointing; "auto" = "full" while its activations (estimated, see
+            :func:`full_guidance_bytes`) take at most half the device's free memory, else "checkpoint"; "tiled" = decode and back-propagate per ``tile_size``
             tile (8 latent px halo), checkpointed. On out-of-memory every mode frees the cache and retries the
             same update tiled (``tile_size``, then halved down to 128 px); later steps keep the tile size that
             worked. PackError when 128 px tiles still run out of memory.
@@ -214,7 +227,8 @@ class RestorationGuidance:
         h, w = x0.shape[-2:]
         while True:
             tile_px, dtype = self.tile_px, self._dtype(device)
-            checkpointed = tile_px is not None or self.memory != "full"
+            checkpointed = tile_px is not None or self.memory == "checkpoint" or (
+                self.memory == "auto" and full_guidance_bytes(x0.shape, dtype) > mm.get_free_memory(device) / 2)
             failed = False
             try:
                 decode = self._decode_fn(latent_format, device, dtype, checkpointed)
@@ -232,6 +246,11 @@ class RestorationGuidance:
                     self._dtypes[device] = torch.float32
                     self._decoders = {k: v for k, v in self._decoders.items() if k[0] != device}
                     continue
+                if (grad.device.type != "meta" and not bool(torch.isfinite(grad).all())
+                        and bool(torch.isfinite(x0).all())):
+                    raise PackError(f"vae: restoration guidance (rgb space) decoded the prediction to NaN or inf "
+                                    f"even in fp32 ({w * 8}x{h * 8} px); the VAE's decoder weights are damaged or "
+                                    f"not a VAE decoder: use another VAE file, or g_space latent")
                 return loss, grad
             # out of memory: the exception (and the activations its traceback held) is gone here
             mm.soft_empty_cache()
@@ -273,7 +292,7 @@ class RestorationGuidance:
             return x0
         model = args["model"]
         sigma = args["sigma"]
-        t = int(round(float(model.model_sampling.timestep(sigma[:1]).item())))
+        t = round(float(model.model_sampling.timestep(sigma[:1]).item()))
         if not g.guidance_active(t, self.g_start, self.g_stop):
             return x0
         check_interrupt()

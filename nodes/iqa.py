@@ -16,9 +16,11 @@ from .common import (
     RestoreParams,
     check_interrupt,
     check_model_file_name,
+    choice_error,
     input_image,
     load_weights,
     show_text_on_node,
+    widget_bounds_error,
 )
 
 IQA_FOLDER = "iqa"
@@ -152,6 +154,10 @@ class IQAClassifier(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, low_threshold=40.0, high_threshold=70.0, **kwargs):
+        bad = widget_bounds_error(cls, {"low_threshold": low_threshold, "high_threshold": high_threshold, **kwargs}) \
+            or choice_error(cls, {k: kwargs.get(k) for k in ("metric", "mode")})  # weights: a file list
+        if bad:
+            return bad
         if not low_threshold < high_threshold:
             return (f"low_threshold ({low_threshold}) must be below high_threshold ({high_threshold})")
         return True

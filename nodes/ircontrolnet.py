@@ -12,9 +12,11 @@ from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
 from .common import (
     PackError,
     RestoreCondition,
+    choice_error,
     file_fingerprint,
     load_weights,
     model_file_path,
+    widget_bounds_error,
 )
 from .latent import encode_condition_image
 from .tiled_sampling import crop_condition, current_tile
@@ -88,6 +90,21 @@ def build_ircontrolnet(control_sd: dict, device=None, dtype=None):
     return net.eval().requires_grad_(False), cfg
 
 
+def check_unet_fits(net, unet) -> None:
+    """Raise PackError unless the sampled UNet has the IRControlNet's encoder layout (base channels, levels, input
+    blocks), so that each control output lands on a skip connection of its size. ComfyUI skips a control whose
+    shapes do not fit with only a log warning, which would sample as if no IRControlNet were connected."""
+    if unet is None or not hasattr(unet, "input_blocks"):
+        return
+    want = (net.model_channels, [int(m) for m in net.channel_mult], len(net.input_blocks))
+    found = (getattr(unet, "model_channels", None), [int(m) for m in getattr(unet, "channel_mult", ())],
+             len(unet.input_blocks))
+    if want != found:
+        raise PackError(f"control_net: expected a model with the UNet the IRControlNet was made for ({want[0]} base "
+                        f"channels, levels {want[1]}, {want[2]} input blocks: SD 2.1 for DiffBIR/AdaptBIR), found "
+                        f"{found[0]} channels, levels {found[1]} and {found[2]} input blocks")
+
+
 class IRControlNetControl(comfy.controlnet.ControlBase):
     """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
 
@@ -113,6 +130,7 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         return super().get_models() + [self.patcher]
 
     def pre_run(self, model, percent_to_timestep_function):
+        check_unet_fits(self.patcher.model, getattr(model, "diffusion_model", None))  # before the first step
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling_current = model.model_sampling
 
@@ -134,6 +152,10 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         hint = self.cond_hint_original
         tile = current_tile(transformer_options)  # one tile of Tiled Diffusion: crop the hint to it
         crop_condition(hint, x_noisy, tile, "condition")  # size check before any work
+        per_chunk = x_noisy.shape[0] // max(1, int(batched_number))
+        if hint.shape[0] not in (1, per_chunk):  # ComfyUI would silently repeat or drop condition images
+            raise PackError(f"condition: expected 1 or {per_chunk} condition latents (one per image of the sampled "
+                            f"batch), found {hint.shape[0]}; encode the same batch you sample")
         if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
                 or self.cond_hint.device != x_noisy.device:
             hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
@@ -252,6 +274,10 @@ class ApplyIRControlNet(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **kwargs):
+        bad = widget_bounds_error(cls, {"start_percent": start_percent, "end_percent": end_percent, **kwargs}) \
+            or choice_error(cls, kwargs)
+        if bad:
+            return bad
         if start_percent > end_percent:
             return f"start_percent ({start_percent}) must not be above end_percent ({end_percent})"
         return True

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..modules.image_ops import (
     SMALL_IMAGE_SHORT_SIDE,
     SMALL_IMAGE_SIDE,
+    check_image_bhwc,
     check_resized_size,
     pad_to_multiple,
     resize_bchw,
@@ -23,6 +24,7 @@ from .common import (
     RestoreCondition,
     RestoreParams,
     check_interrupt,
+    image_error,
     input_image,
 )
 
@@ -263,9 +265,10 @@ class CropToOriginal(io.ComfyNode):
         except (KeyError, TypeError, ValueError, AttributeError):
             raise PackError(f"latent/condition: expected a crop record from Dual Encoder Interpolate (height, width, "
                             f"...), found {crop!r}") from None
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            raise PackError(f"image: expected an IMAGE (B, H, W, C), found "
-                            f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}")
+        try:
+            check_image_bhwc(image, "image")  # empty batch, odd channel count, NaN/inf: refused, named
+        except ValueError as e:
+            raise image_error(e) from None
         try:
             out = restore_size_bhwc(image, size[0], size[1], *resized)
         except ValueError as e:

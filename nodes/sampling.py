@@ -8,7 +8,14 @@ from comfy_api.latest import io
 from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc
 from ..modules.schedules import q_sample_start, spaced_sigmas
-from .common import CAT_IMAGE, PackError, RestoreCondition, input_image
+from .common import (
+    CAT_IMAGE,
+    PackError,
+    RestoreCondition,
+    choice_error,
+    input_image,
+    widget_bounds_error,
+)
 from .guidance import (
     LOSSES,
     MEMORY_MODES,
@@ -170,7 +177,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
-        return check_window(g_start, g_stop)
+        return widget_bounds_error(cls, {"g_start": g_start, "g_stop": g_stop, **kwargs}) \
+            or choice_error(cls, kwargs) or check_window(g_start, g_stop)
 
     @classmethod
     def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
@@ -182,6 +190,9 @@ class RestorationGuidanceSampler(io.ComfyNode):
         import latent_preview
 
         latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        if latent.ndim != 4 or latent.shape[0] == 0 or latent.shape[-1] == 0 or latent.shape[-2] == 0:
+            raise PackError(f"latent_image: expected a non-empty latent batch (B, C, h, w), found shape "
+                            f"{tuple(latent.shape)}")
         if not bool(torch.isfinite(latent).all()):
             raise PackError("latent_image: expected finite values, found NaN or inf")
         if scheduler == SPACED:
@@ -248,7 +259,8 @@ class ApplyRestorationGuidance(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, g_start=1001, g_stop=-1, **kwargs):
-        return check_window(g_start, g_stop)
+        return widget_bounds_error(cls, {"g_start": g_start, "g_stop": g_stop, **kwargs}) \
+            or choice_error(cls, kwargs) or check_window(g_start, g_stop)
 
     @classmethod
     def execute(cls, model, vae, guide_image, guidance_scale=0.5, g_start=1001, g_stop=-1, g_repeat=1,
@@ -285,6 +297,10 @@ class ColorFix(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, method="wavelet"):
+        return choice_error(cls, {"method": method}) or True
+
+    @classmethod
     def execute(cls, image, reference, method="wavelet") -> io.NodeOutput:
         x = input_image(image, "image")
         r = input_image(reference, "reference")
@@ -294,6 +310,9 @@ class ColorFix(io.ComfyNode):
         if r.shape[-2:] != x.shape[-2:]:
             r = torch.nn.functional.interpolate(r, size=x.shape[-2:], mode="bicubic", antialias=True,
                                                 align_corners=False).clamp(0, 1)
+        if method == "adain" and x.shape[-2] * x.shape[-1] < 2:
+            raise PackError(f"image: expected at least 2 pixels for method 'adain' (it matches each channel's "
+                            f"spread), found {x.shape[-1]}x{x.shape[-2]}; use method 'wavelet'")
         fn = colorfix.wavelet_color_fix if method == "wavelet" else colorfix.adain_color_fix
         out = fn(x, r).permute(0, 2, 3, 1).contiguous()
         if image.shape[-1] == 4:  # keep the alpha channel

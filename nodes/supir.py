@@ -195,6 +195,11 @@ class SUPIRLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, lora_name, **kwargs):
+        # LoRA SUPIR Loader reads the file: a changed file re-runs this node and so everything after it
+        return file_fingerprint("loras", lora_name)
+
+    @classmethod
     def execute(cls, lora_name, strength_model=1.0, strength_clip=1.0, strength_adapter=0.0,
                 loras=None) -> io.NodeOutput:
         entry = {"name": lora_name, "strength_model": float(strength_model), "strength_clip": float(strength_clip),
@@ -413,6 +418,9 @@ class SUPIRApply(io.ComfyNode):
                 w = params.w_tensor(len(params), dtype=torch.float32)
             except ValueError as e:
                 raise PackError(str(e)) from None
+            if len(params) not in (1, z.shape[0]):
+                raise PackError(f"params: expected 1 or {z.shape[0]} entries (one per image of the "
+                                f"{z.shape[0]}-image batch), found {len(params)}; score the same batch you restore")
             lo = float(params_scale_min)
             scale_end = lo + (float(control_scale_end) - lo) * w.clamp(0.0, 1.0)
         x_center = None

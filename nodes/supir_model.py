@@ -182,7 +182,10 @@ class SUPIRPatch:
         """Control scale per sample of a UNet call: (n,) float32."""
         end = _per_call(self.scale_end.float().reshape(-1), n, chunks, "params")
         sig = sigmas.detach().float().cpu().reshape(-1)
-        sig = sig.expand(n) if sig.numel() == 1 else sig
+        if sig.numel() == 1:
+            sig = sig.expand(n)
+        elif sig.numel() != n and n % sig.numel() == 0:  # ComfyUI's sigmas are per image; cond/uncond repeat them
+            sig = sig.repeat(n // sig.numel())
         return linear_in_sigma(sig, self.sigma_max, self.scale_start, end)
 
     def __call__(self, executor, *args, **kwargs):

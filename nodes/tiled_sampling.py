@@ -25,7 +25,7 @@ import torch
 from comfy_api.latest import io
 
 from ..modules.tiling import Tile, count_tiles, tiled_apply
-from .common import PackError, check_interrupt, is_oom
+from .common import PackError, check_interrupt, is_oom, widget_bounds_error
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ class TiledDiffusion(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, tile_size=512, tile_stride=256, **kwargs):
+        bad = widget_bounds_error(cls, {"tile_size": tile_size, "tile_stride": tile_stride, **kwargs})
+        if bad:
+            return bad
         if isinstance(tile_size, int) and tile_size % 64:
             return f"tile_size: expected a multiple of 64 pixels, found {tile_size}"
         if isinstance(tile_size, int) and isinstance(tile_stride, int) and not 64 <= tile_stride <= tile_size:

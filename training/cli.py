@@ -29,7 +29,7 @@ def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
     p.add_argument("--val-every", type=int, default=500, help="validation image interval (steps, 0 = never)")
     p.add_argument("--val-count", type=int, default=4, help="validation images (centre crops of the first files)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto = bf16 autocast on CUDA, fp32 elsewhere")
+                   help="auto = bf16 autocast on CUDA GPUs that support bf16 (ComfyUI decides), fp32 elsewhere")
     p.add_argument("--grad-checkpointing", choices=["auto", "on", "off"], default="auto", help="auto = on for CUDA")
     p.add_argument("--device", default="auto", help="auto (ComfyUI's choice), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue from checkpoints in --out")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,7 +21,8 @@ RESUME_KEYS = ("batch_size", "crop", "seed", "lr", "optimizer", "betas", "weight
 class TrainSettings:
     """Settings common to both stages.
 
-    ``precision``: ``auto`` (bf16 autocast on CUDA, float32 elsewhere), ``bf16`` or ``fp32``.
+    ``precision``: ``auto`` (bf16 autocast on CUDA GPUs where ComfyUI would use bf16, float32 elsewhere),
+    ``bf16`` or ``fp32``.
     ``grad_checkpointing``: ``auto`` (on for CUDA), ``on`` or ``off``.
     ``overfit_batch``: reuse step 0's batch, degradations, noise and timesteps at every step (a debugging aid: the
     loss must then fall steadily).
@@ -65,7 +67,11 @@ class TrainSettings:
         return torch.device(self.device)
 
     def autocast(self, device: torch.device):
-        bf16 = self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
+        bf16 = self.precision == "bf16"
+        if self.precision == "auto" and device.type == "cuda":
+            import comfy.model_management as mm
+
+            bf16 = bool(mm.should_use_bf16(device, prioritize_performance=False))  # fp32 where bf16 is unsupported
         if not bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -143,11 +149,18 @@ class TrainingTask:
         raise NotImplementedError
 
 
+def _comfy_interrupted() -> bool:
+    """True when ComfyUI is loaded in this process and its interrupt flag (Cancel) is set."""
+    mm = sys.modules.get("comfy.model_management")
+    return mm is not None and mm.processing_interrupted()
+
+
 def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
     """Train ``task`` to ``settings.steps`` steps, resuming from the newest checkpoint in ``out_dir``.
 
     ``on_step(step, loss)`` is called after each optimiser step (``step`` counts from 1). Ctrl-C (or any
-    KeyboardInterrupt, also from ``on_step``) saves a checkpoint of the last finished step and re-raises.
+    KeyboardInterrupt, also from ``on_step``) saves a checkpoint of the last finished step and re-raises; so does
+    ComfyUI's interrupt flag (checked after every step), which raises ComfyUI's InterruptProcessingException.
 
     Returns ``{"losses": [...] (this call's steps), "start": first step, "weights": exported file, "validation":
     [paths]}``.
@@ -205,6 +218,14 @@ def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
                 validation.append(task.validate(done, os.path.join(settings.out_dir, "validation")))
             if on_step is not None:
                 on_step(done, losses[-1])
+            if _comfy_interrupted():  # ComfyUI's Cancel (training inside a ComfyUI process): stop like Ctrl-C
+                if done > saved:
+                    save(done)
+                    saved = done
+                bar.write(f"{task.name}: cancelled at step {done}; run the same command again to resume")
+                import comfy.model_management as mm
+
+                mm.throw_exception_if_processing_interrupted()  # raises InterruptProcessingException, clears it
     except KeyboardInterrupt:
         if done > saved:
             save(done)

@@ -89,5 +89,6 @@ class RestorationVAETask(TrainingTask):
         meta = {"adaptbir_kind": "restoration_vae", "format_version": FORMAT_VERSION, "base_model": self.base_model,
                 "stage": "I", "degradation": "realesrgan_second_order_scale1"}
         path = os.path.join(out_dir, "restoration_vae.safetensors")
-        save_file(sd, path, metadata=meta)
+        save_file(sd, path + ".tmp", metadata=meta)
+        os.replace(path + ".tmp", path)  # atomic: the file is complete or absent
         return path

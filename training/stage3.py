@@ -161,5 +161,6 @@ class CSFTTask(TrainingTask):
         meta = {"adaptbir_kind": "csft", "format_version": FORMAT_VERSION, "base_model": self.base_model,
                 "hint_convention": "adaptbir", "stage": "III", "degradation": "adaptbir_mild"}
         path = os.path.join(out_dir, "csft.safetensors")
-        save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, path, metadata=meta)
+        save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, path + ".tmp", metadata=meta)
+        os.replace(path + ".tmp", path)  # atomic: the file is complete or absent
         return path

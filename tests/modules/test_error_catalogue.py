@@ -64,7 +64,7 @@ def readme_patterns() -> list[tuple[str, re.Pattern]]:
     assert m, "README.md has no '## Troubleshooting' section"
     out = []
     for line in m.group(1).splitlines():
-        if not line.startswith("| ") or line.startswith("| Message") or line.startswith("|---"):
+        if not line.startswith("| ") or line.startswith(("| Message", "|---")):
             continue
         for text in re.findall(r"`([^`]+)`", line.split(" | ")[0]):
             out.append((text, pattern_of(text)))
