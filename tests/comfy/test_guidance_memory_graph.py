@@ -168,7 +168,7 @@ def oom_above(p, limit, seen, stop_after=None):
 def test_out_of_memory_falls_back_to_tiles_and_keeps_them(gm, setup, caplog, tiled_calls):
     _, _, lf, x0 = setup
     ref, _ = tiled_calls
-    p = patch(gm, setup, memory="auto", precision="fp32")  # tile_size 512: covers this image, so 128 is tried
+    p = patch(gm, setup, memory="checkpoint", precision="fp32")  # tile_size 512 covers this image: 128 is tried
     seen = []
     oom_above(p, 24, seen)
     with caplog.at_level(logging.WARNING):
@@ -255,3 +255,17 @@ def test_sampler_with_tiled_guidance_end_to_end(host, tiny, irc_file):
     d_t, d_f = (lat_t - lat_0).flatten(), (lat_f - lat_0).flatten()
     cos = float(d_t @ d_f / d_t.norm() / d_f.norm())
     assert d_t.norm() > 0 and cos > 0.7, cos  # guidance acts, close to the untiled direction (measured 0.87)
+
+
+def test_auto_keeps_every_activation_when_it_fits_and_checkpoints_otherwise(gm, setup, monkeypatch):
+    import comfy.model_management as mm
+
+    _, _, lf, x0 = setup
+    for free, want in ((1 << 40, False), (1 << 10, True)):
+        monkeypatch.setattr(mm, "get_free_memory", lambda *a, free=free, **k: free)
+        p = patch(gm, setup, memory="auto", precision="fp32")
+        decode_fn, used = p._decode_fn, []
+        p._decode_fn = lambda *args: (used.append(args[3]), decode_fn(*args))[1]
+        p.grad(x0, lf)
+        assert used == [want], (free, used)
+    assert gm.full_guidance_bytes((1, 4, 128, 128), torch.bfloat16) / 2 ** 30 == pytest.approx(11.4, rel=0.01)
