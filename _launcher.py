@@ -26,6 +26,18 @@ def is_comfyui(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, "comfy", "model_management.py"))
 
 
+def comfyui_on_path(prog: str, argv: list[str], pack_dir: str) -> str | None:
+    """Find ComfyUI (:func:`comfyui_folder`) and put it first on ``sys.path``; returns its folder, or prints
+    ``<prog>: expected a ComfyUI folder ...`` to stderr and returns None when the folder is not a ComfyUI."""
+    comfy_dir = comfyui_folder(argv, pack_dir)
+    if not is_comfyui(comfy_dir):
+        print(f"{prog}: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
+              f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
+        return None
+    sys.path.insert(0, comfy_dir)
+    return comfy_dir
+
+
 def package(pack_dir: str, run_init: bool):
     """This pack as the package ``adaptbir_restoration``; ``run_init`` runs its ``__init__`` (folder registration)."""
     spec = importlib.util.spec_from_file_location(PACKAGE, os.path.join(pack_dir, "__init__.py"),

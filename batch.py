@@ -9,7 +9,7 @@ import asyncio
 import os
 import sys
 
-from _launcher import comfyui_folder, is_comfyui, package
+from _launcher import comfyui_on_path, package
 
 
 def main() -> int:
@@ -18,12 +18,9 @@ def main() -> int:
     from adaptbir_restoration.batch.runner import parser
 
     args = parser().parse_args(sys.argv[1:])
-    comfy_dir = comfyui_folder(sys.argv[1:], pack_dir)
-    if not is_comfyui(comfy_dir):
-        print(f"batch.py: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
-              f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
+    comfy_dir = comfyui_on_path("batch.py", sys.argv[1:], pack_dir)
+    if comfy_dir is None:
         return 2
-    sys.path.insert(0, comfy_dir)
     import comfy.options
 
     comfy.options.enable_args_parsing(False)

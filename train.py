@@ -8,17 +8,14 @@ This file is a script: ComfyUI never imports it.
 import os
 import sys
 
-from _launcher import comfyui_folder, is_comfyui, package
+from _launcher import comfyui_on_path, package
 
 
 def main() -> int:
     pack_dir = os.path.dirname(os.path.abspath(__file__))
-    comfy_dir = comfyui_folder(sys.argv[1:], pack_dir)
-    if not is_comfyui(comfy_dir):
-        print(f"train.py: expected a ComfyUI folder (with comfy/model_management.py), found none at {comfy_dir}; "
-              f"pass --comfyui or set COMFYUI_PATH", file=sys.stderr)
+    comfy_dir = comfyui_on_path("train.py", sys.argv[1:], pack_dir)
+    if comfy_dir is None:
         return 2
-    sys.path.insert(0, comfy_dir)
     argv = sys.argv[1:]
     if "--device=cpu" in argv or any(a == "--device" and b == "cpu" for a, b in zip(argv, argv[1:])):
         import comfy.cli_args

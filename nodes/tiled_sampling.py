@@ -52,12 +52,11 @@ def crop_condition(t: torch.Tensor, x: torch.Tensor, tile: Tile | None, what: st
     return t if tile is None else tile.crop(t, what)
 
 
-def _tile_aware(control) -> bool:
+def _control_chain(control):
+    """The control and the ones it chains to (``previous_controlnet``)."""
     while control is not None:
-        if not getattr(control, "supports_latent_tiles", False):
-            return False
+        yield control
         control = control.previous_controlnet
-    return True
 
 
 def _crop_conds(conds: list, tile: Tile) -> list:
@@ -74,15 +73,12 @@ def _crop_conds(conds: list, tile: Tile) -> list:
             if "area" in c or "mask" in c:
                 raise PackError("Tiled Diffusion: expected conditioning without area or mask (ComfyUI's area "
                                 "composition), found one; remove the area/mask or the tiling")
-            control = c.get("control")
-            if not _tile_aware(control):
-                kinds = []
-                while control is not None:
-                    kinds.append(type(control).__name__)
-                    control = control.previous_controlnet
+            chain = list(_control_chain(c.get("control")))
+            if not all(getattr(ctrl, "supports_latent_tiles", False) for ctrl in chain):
                 raise PackError(f"Tiled Diffusion: expected only tile-aware controls (Apply IRControlNet) on the "
-                                f"conditioning, found {', '.join(kinds)}; ComfyUI's ControlNets resize their hint "
-                                f"to each tile and would give a wrong result. Sample without tiling")
+                                f"conditioning, found {', '.join(type(ctrl).__name__ for ctrl in chain)}; ComfyUI's "
+                                f"ControlNets resize their hint to each tile and would give a wrong result. Sample "
+                                f"without tiling")
             d = dict(c)
             mc = d.get("model_conds")
             if mc:
