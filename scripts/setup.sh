@@ -17,9 +17,15 @@ pip() { "$PY" -m pip --disable-pip-version-check "$@"; }
 
 # torch and torchvision together from the default index: a CPU-only torch cannot load the index's torchvision.
 if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
-  echo "[setup] installing torch + torchvision (several GB, CUDA builds that also run on CPU)"
-  pip install --upgrade pip
-  pip install torch torchvision
+  # The CUDA wheels unpack to about 7 GB; without the download cache pip needs that much free space, not twice it.
+  FREE_KB="$(df -Pk "$(dirname "$VENV")" | awk 'NR==2 {print $4}')"
+  if [ -n "$FREE_KB" ] && [ "$FREE_KB" -lt $((9 * 1024 * 1024)) ]; then
+    echo "[setup] ERROR: torch + torchvision need about 9 GB free next to $VENV; found $((FREE_KB / 1024)) MB" >&2
+    exit 1
+  fi
+  echo "[setup] installing torch + torchvision (about 7 GB, CUDA builds that also run on CPU)"
+  pip install --no-cache-dir --upgrade pip
+  pip install --no-cache-dir torch torchvision
 fi
 
 # Everything else is installed against the torch that is there, never replacing it.
