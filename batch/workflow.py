@@ -68,7 +68,7 @@ def to_prompt(workflow: dict, node_classes: dict) -> dict:
         if len(values) > len(specs) or any(n is not None and "default" not in o for n, o in missing):
             raise WorkflowError(f"node {nid} ({ntype}): expected {len(specs)} widget values for "
                                 f"{[n for n, _ in specs if n]}, found {len(values)}: {values}")
-        for (name, opts), value in zip(specs, values + [o.get("default") for _, o in missing]):
+        for (name, _), value in zip(specs, values + [o.get("default") for _, o in missing]):
             if name is not None:
                 inputs[name] = value
         for slot in node.get("inputs") or []:
