@@ -59,3 +59,28 @@ def test_prompt_through_the_server(server):
     assert entry["status"]["status_str"] == "success", entry["status"]
     text = entry["outputs"]["2"]["text"][0]
     assert "musiq=80.00 mild k=0.700 w=1.000" in text
+
+
+def test_help_pages_are_served_where_the_page_fetches_them(server):
+    """The node library's help panel (frontend 1.32.9) takes the pack folder from the node's python_module
+    (``custom_nodes.<folder>``), fetches ``/extensions/<folder>/docs/<node id>.md`` and shows pictures from
+    ``/extensions/<folder>/docs/<relative path>``."""
+    import re
+    import urllib.request
+    from pathlib import Path
+
+    base, _ = server
+    docs = Path(__file__).resolve().parents[2] / "web" / "docs"
+    info = http_json(f"{base}/object_info")
+    pack_nodes = sorted(n for n in info if n.startswith("AdaptBIR_"))
+    assert pack_nodes
+    for node_id in pack_nodes:
+        module = info[node_id]["python_module"].split(".")
+        assert module[0] == "custom_nodes" and len(module) >= 2, info[node_id]["python_module"]
+        folder = module[1].split("@")[0]
+        with urllib.request.urlopen(f"{base}/extensions/{folder}/docs/{node_id}.md", timeout=10) as r:
+            assert r.read().decode() == (docs / f"{node_id}.md").read_text()
+    pictures = sorted({ref for p in docs.glob("*.md") for ref in re.findall(r"!\[[^\]]*\]\(([^)\s]+)", p.read_text())})
+    for ref in pictures:
+        with urllib.request.urlopen(f"{base}/extensions/{folder}/docs/{ref}", timeout=10) as r:
+            assert r.headers["Content-Type"] == "image/png" and r.read() == (docs / ref).read_bytes()
