@@ -74,3 +74,36 @@ def test_pack_sets_web_directory_to_the_docs_parent(host):
     web = getattr(host.pack, "WEB_DIRECTORY", None)
     assert web is not None and (ROOT / web / "docs").resolve() == DOCS.resolve()
     assert not list((ROOT / web).rglob("*.js")), "the web folder holds help pages only (every .js would be loaded)"
+
+
+@pytest.mark.browser
+def test_help_panel_shows_the_page_and_its_picture(tmp_path):
+    """In the real page: select a pack node, press the selection toolbox's info button; the node library's help
+    panel shows the node's page (not the fallback built from the description) with its picture loaded."""
+    from tests.support.browser import chromium_path, close_dialogs, comfy_page, comfy_server
+
+    if chromium_path() is None:
+        pytest.skip("Chromium not installed (scripts/setup.sh installs it)")
+    artifacts = ROOT / "tests" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with comfy_server(tmp_path) as base, comfy_page(base, viewport=(1400, 800)) as page:
+        workflow = json.loads((ROOT / "workflows" / "diffbir_v2_guidance.json").read_text())
+        page.evaluate("(wf) => app.loadGraphData(wf)", workflow)
+        close_dialogs(page, settle_ms=400)
+        page.evaluate("""() => { const n = LiteGraph.createNode('AdaptBIR_IQAClassifier'); n.pos = [40, 700];
+            app.graph.add(n); app.canvas.deselectAll(); app.canvas.selectNode(n); app.canvas.setDirty(true, true); }""")
+        page.click("[data-testid=info-button]")
+        page.wait_for_function("""() => { const i = document.querySelector('.node-help-content img');
+            return i && i.complete && i.naturalWidth > 0 }""", timeout=30_000)
+        shown = page.evaluate("() => document.querySelector('.node-help-content').innerText")
+        src = page.evaluate("() => document.querySelector('.node-help-content img').getAttribute('src')")
+        page.screenshot(path=str(artifacts / "help_panel.png"))
+    first_paragraph = page_paragraph("AdaptBIR_IQAClassifier")
+    assert " ".join(first_paragraph.split()) in " ".join(shown.split())
+    assert "How k and w follow the score" in shown
+    assert src.endswith("/docs/images/iqa_mapping.png") and src.startswith("/extensions/"), src
+
+
+def page_paragraph(node_id: str) -> str:
+    """The first paragraph after the title."""
+    return page(node_id).split("\n\n")[1]
