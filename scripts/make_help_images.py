@@ -31,9 +31,7 @@ def pack():
     from _launcher import package
 
     package(REPO, run_init=False)
-    import adaptbir_restoration.modules.degradations as degradations
-    import adaptbir_restoration.modules.iqa as iqa
-    import adaptbir_restoration.modules.tiling as tiling
+    from adaptbir_restoration.modules import degradations, iqa, tiling
 
     return iqa, degradations, tiling
 
@@ -60,7 +58,7 @@ def iqa_chart(iqa, path: str) -> None:
         d.text((x_of(s) - 6, h_px - bottom + 6), str(s), fill=INK)
     d.text((w_px // 2 - 40, h_px - 18), "MUSIQ score", fill=INK)
     for idx, key in enumerate(("k", "w")):
-        pts = [(x_of(s / 4), y_of(iqa.map_score(s / 4)[1 + idx])) for s in range(0, 401)]
+        pts = [(x_of(s / 4), y_of(iqa.map_score(s / 4)[1 + idx])) for s in range(401)]
         for a, b in zip(pts, pts[1:]):
             if abs(a[1] - b[1]) < 40:  # no vertical line at a class border (the mapping jumps there)
                 d.line([a, b], fill=COLOURS[key], width=3)

@@ -23,7 +23,7 @@ UNCHECKED = {"cd", "git", "cp", "PACK"}
 
 
 def bash_blocks(text: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", text, re.S)
+    return re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
 
 
 def command_lines(block: str) -> list[str]:
@@ -39,8 +39,7 @@ def command_lines(block: str) -> list[str]:
 
 def repo_path(token: str) -> Path:
     for prefix in ("$PACK/", CLONE_FOLDER, "./"):
-        if token.startswith(prefix):
-            token = token[len(prefix):]
+        token = token.removeprefix(prefix)
     return ROOT / token
 
 
