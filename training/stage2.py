@@ -29,7 +29,7 @@ from ..modules.degradations import realesrgan_degrade
 from ..nodes.ircontrolnet import IRControlNetControl, build_ircontrolnet, check_unet_fits, hint_from_condition
 from ..nodes.latent import encode, post_quant
 from .data import CropBatches
-from .loop import TrainingTask, gradient_checkpointing, save_image_grid
+from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
 # AdaptBIR's stage-2 config: AdamW lr 1e-4, batch 26/GPU x 4 GPUs x accumulation 4, 512 crops, 70k steps
@@ -172,6 +172,7 @@ class IRControlNetTask(TrainingTask):
         finally:
             self.net.train()
         out = self.vae.decode(samples).movedim(-1, 1).float().cpu().clamp(0, 1)
+        record_metrics(folder, step, out, hq, lq)
         return save_image_grid([lq, out, hq], os.path.join(folder, f"step_{step:08d}.png"))
 
     def export(self, out_dir):

@@ -26,7 +26,7 @@ from ..nodes.csft import WRAPPER_KEY, CSFTPatch, CSFTWeights, patch_model
 from ..nodes.ircontrolnet import FEATURES, hint_from_condition
 from ..nodes.latent import dual_encode, encode, post_quant
 from .data import CropBatches
-from .loop import TrainingTask, gradient_checkpointing, save_image_grid
+from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
 # AdaptBIR's stage-3 config: AdamW, lr 1e-5 (the paper says Adam, 1e-4, 20k iterations), 512 crops
@@ -159,6 +159,7 @@ class CSFTTask(TrainingTask):
         samples = comfy.sample.sample(model, noise, self.val_steps, 1.0, "ddpm", "normal", cond, cond, latent,
                                       seed=self.settings.seed, disable_pbar=True)
         out = self.vae.decode(samples).movedim(-1, 1).float().cpu().clamp(0, 1)
+        record_metrics(folder, step, out, hq, lq)
         return save_image_grid([lq, out, hq], os.path.join(folder, f"step_{step:08d}.png"))
 
     def export(self, out_dir):

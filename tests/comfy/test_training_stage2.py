@@ -217,6 +217,8 @@ def test_the_readme_commands_train_all_three_stages_on_real_photos(host, pack, t
         d = trained_files / run
         assert (d / f"{name}.safetensors").is_file(), run
         assert list((d / "validation").glob("step_*.png")), run  # validation strips
+        m = json.loads((d / "validation" / "metrics.jsonl").read_text().splitlines()[-1])  # PSNR/SSIM vs HQ
+        assert m["step"] == 4 and 0 < m["psnr"] < 100 and -1 <= m["ssim"] <= 1 and m["psnr_lq"] > 10, (run, m)
         assert list((d / "checkpoints").glob("step_*.pt")), run  # resumable
     for run, convention in (("stage3", "adaptbir"), ("stage3_v2", "diffbir")):
         with safe_open(str(trained_files / run / "csft.safetensors"), "pt") as f:
