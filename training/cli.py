@@ -182,8 +182,7 @@ def sample_photos(folder: str) -> list[str]:
     try:
         import skimage.data
     except ImportError:
-        raise ValueError("sample-photos: expected the scikit-image package (pip install scikit-image), found it "
-                         "missing") from None
+        raise ValueError("expected the scikit-image package (pip install scikit-image), found it missing") from None
     from PIL import Image
 
     os.makedirs(folder, exist_ok=True)

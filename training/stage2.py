@@ -93,7 +93,7 @@ class IRControlNetTask(TrainingTask):
         self.context = context.to(self.device)
         self.data, self.settings, self.val_steps = data, settings, val_steps
         self.base_model, self.init = base_model, init
-        self._fixed = None
+        self._fixed = self._patcher = None
         self._ckpt = list(net.input_blocks) + [net.middle_block] + [
             m for blk in unet.output_blocks for m in blk if type(m).__name__ in ("ResBlock", "SpatialTransformer")]
 
@@ -151,9 +151,12 @@ class IRControlNetTask(TrainingTask):
         return F.mse_loss(eps_pred, eps)
 
     def control(self) -> IRControlNetControl:
-        """The network being trained as a ComfyUI control (kept on the training device by ComfyUI)."""
-        patcher = comfy.model_patcher.ModelPatcher(self.net, load_device=self.device, offload_device=self.device)
-        return IRControlNetControl(patcher, "adaptbir")
+        """The network being trained as a ComfyUI control (one patcher whose offload device is the training
+        device, so ComfyUI never moves the weights the optimiser holds)."""
+        if self._patcher is None:
+            self._patcher = comfy.model_patcher.ModelPatcher(self.net, load_device=self.device,
+                                                             offload_device=self.device)
+        return IRControlNetControl(self._patcher, "adaptbir")
 
     @torch.no_grad()
     def validate(self, step, folder):

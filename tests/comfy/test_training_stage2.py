@@ -84,6 +84,21 @@ def test_stage2_stop_and_resume_equals_an_uninterrupted_run(pack, tiny, image_fo
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_stage2_checkpointing_and_bf16_paths(pack, tiny, image_folder, tmp_path):  # noqa: F811
+    """The GPU settings on the CPU: gradient checkpointing gives the same training as without (it only recomputes),
+    and bf16 autocast trains with finite losses."""
+    loop = pack("training.loop")
+    runs = {}
+    for name, kw in (("off", {"grad_checkpointing": "off"}), ("on", {"grad_checkpointing": "on"}),
+                     ("bf16", {"precision": "bf16"})):
+        s = settings(pack, tmp_path / name, 2, batch_size=1, **kw)
+        runs[name] = loop.run(stage2(pack, tiny, image_folder, s), s)
+    assert runs["on"]["losses"] == pytest.approx(runs["off"]["losses"], rel=1e-5)
+    a, b = load_file(runs["off"]["weights"]), load_file(runs["on"]["weights"])
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(np.isfinite(runs["bf16"]["losses"])) and runs["bf16"]["losses"] != runs["off"]["losses"]
+
+
 def test_stage2_file_drives_stage3_and_both_run_in_one_graph(host, pack, tiny, image_folder, tmp_path):  # noqa: F811
     """Stage II's file -> Load IRControlNet's loader -> stage III training; then one executor graph: Load
     IRControlNet (stage II file) + Load CSFT (stage III file) + CSFT Apply + KSampler."""
@@ -252,3 +267,13 @@ def test_the_adaptbir_workflow_runs_on_the_trained_files(host, pack, tiny, train
     out = Image.open(host.workdir / "output" / images[0].get("subfolder", "") / images[0]["filename"])
     assert out.size == (72, 64)
     assert np.asarray(out).std() > 0
+
+
+def test_train_py_stage2_reports_a_missing_checkpoint(image_folder, tmp_path):  # noqa: F811
+    """The launcher (a subprocess with ComfyUI found by --comfyui) knows stage2 and names the bad argument."""
+    from tests.comfy.test_training import run_train
+    from tests.support.comfy_host import comfyui_path
+
+    r = run_train(comfyui_path(), "stage2", "--checkpoint", "no_such_sd21.safetensors", "--restoration-vae", "v.st",
+                  "--data", image_folder, "--out", tmp_path, "--steps", 1, "--device", "cpu")
+    assert r.returncode == 2 and "train.py stage2: --checkpoint: expected a file path or a name" in r.stderr, r.stderr
