@@ -277,3 +277,22 @@ def test_train_py_stage2_reports_a_missing_checkpoint(image_folder, tmp_path):  
     r = run_train(comfyui_path(), "stage2", "--checkpoint", "no_such_sd21.safetensors", "--restoration-vae", "v.st",
                   "--data", image_folder, "--out", tmp_path, "--steps", 1, "--device", "cpu")
     assert r.returncode == 2 and "train.py stage2: --checkpoint: expected a file path or a name" in r.stderr, r.stderr
+
+
+def test_stage2_init_from_v2_pth_starts_from_diffbirs_weights(pack, tiny, trained_files, tmp_path):
+    """`train.py stage2 --init v2.pth` builds the task on DiffBIR's weights (read by the pack's layout check)."""
+    cli = pack("training.cli")
+    args = cli.parser().parse_args([
+        "stage2", "--checkpoint", "v2-1_512-ema-pruned.safetensors", "--restoration-vae",
+        "adaptbir_restoration_vae.safetensors", "--init", "v2.pth", "--data", str(trained_files.parent / "photos"),
+        "--out", str(tmp_path), "--steps", "1", "--crop", "64", "--batch-size", "1", "--device", "cpu"])
+    task, _ = cli.build_task(args)
+    assert task.init == "v2.pth" and task.config() == {"stage": "II", "init": "v2.pth"}
+    ref = tiny.tiny_ircontrolnet_state_dict(0)
+    assert all(torch.equal(v, ref[k]) for k, v in task.trainable_state().items())
+    bad = cli.parser().parse_args([
+        "stage2", "--checkpoint", "v2-1_512-ema-pruned.safetensors", "--restoration-vae",
+        "adaptbir_restoration_vae.safetensors", "--init", "adaptbir_csft.safetensors", "--data",
+        str(trained_files.parent / "photos"), "--out", str(tmp_path / "bad"), "--steps", "1", "--device", "cpu"])
+    with pytest.raises(ValueError, match="--init: expected an IRControlNet"):
+        cli.build_task(bad)
