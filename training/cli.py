@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from . import loop, stage1, stage3
+from . import loop, stage1, stage2, stage3
 
 
 def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
@@ -37,18 +37,31 @@ def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="train.py", description="Train AdaptBIR's restoration VAE or CSFT layers.")
+    ap = argparse.ArgumentParser(prog="train.py", description=(
+        "Train AdaptBIR's weights: stage1 (restoration VAE), stage2 (IRControlNet), stage3 (CSFT layers)."))
     ap.add_argument("--comfyui", help="ComfyUI folder (default: $COMFYUI_PATH, else the folder above custom_nodes)")
     sub = ap.add_subparsers(dest="stage", required=True)
+    ph = sub.add_parser("sample-photos", help="write scikit-image's sample photographs to a folder (a first run)")
+    ph.add_argument("folder", help="folder to write the PNG files to (created)")
     s1 = sub.add_parser("stage1", help="restoration VAE: fine-tune the SD VAE encoder on Real-ESRGAN degradations")
     src = s1.add_mutually_exclusive_group(required=True)
     src.add_argument("--vae", help="SD VAE file (models/vae)")
     src.add_argument("--checkpoint", help="SD checkpoint whose VAE is fine-tuned (models/checkpoints)")
     s1.add_argument("--posterior", choices=["sample", "mode"], default="sample")
     _common(s1, stage1.DEFAULTS)
+    s2 = sub.add_parser("stage2", help="IRControlNet on a frozen SD 2.1, hints from the stage-I restoration encoder")
+    s2.add_argument("--checkpoint", required=True, help="SD 2.1 checkpoint (models/checkpoints)")
+    s2.add_argument("--restoration-vae", required=True, help="stage-I restoration VAE (models/vae)")
+    s2.add_argument("--init", help="IRControlNet to start from (models/diffbir), e.g. DiffBIR's v2.pth; default: "
+                                   "the SD UNet's encoder, as AdaptBIR starts")
+    s2.add_argument("--prompt", default="", help="training prompt (AdaptBIR: empty)")
+    s2.add_argument("--val-steps", type=int, default=20, help="sampling steps of the validation images")
+    _common(s2, stage2.DEFAULTS)
     s3 = sub.add_parser("stage3", help="CSFT layers on a frozen SD 2.1 + IRControlNet, mild degradations")
     s3.add_argument("--checkpoint", required=True, help="SD 2.1 checkpoint (models/checkpoints)")
-    s3.add_argument("--control", required=True, help="AdaptBIR IRControlNet (models/diffbir)")
+    s3.add_argument("--control", required=True, help=(
+        "IRControlNet (models/diffbir): stage II's ircontrolnet.safetensors, or DiffBIR's v2.pth (fed its own "
+        "hint convention, 0.18215 x the latent)"))
     s3.add_argument("--restoration-vae", required=True, help="stage-I restoration VAE (models/vae)")
     iqa = s3.add_mutually_exclusive_group()
     iqa.add_argument("--musiq", default="musiq_koniq_ckpt-e95806b9.pth", help="MUSIQ KonIQ weights (models/iqa)")
@@ -116,9 +129,11 @@ def build_task(args):
     if model is None or vae is None or clip is None:
         raise ValueError(f"--checkpoint: expected an SD 2.1 checkpoint with UNet, VAE and text encoder, found "
                          f"{os.path.basename(ckpt)} without some of them")
-    control = load_ircontrolnet(resolve(args.control, "diffbir", "--control"), args.control)
-    restoration_vae = _load_vae(resolve(args.restoration_vae, "vae", "--restoration-vae"))
     context = clip.encode_from_tokens(clip.tokenize(args.prompt))
+    restoration_vae = _load_vae(resolve(args.restoration_vae, "vae", "--restoration-vae"))
+    if args.stage == "stage2":
+        return _stage2_task(args, s, data, model, vae, restoration_vae, context, os.path.basename(ckpt)), s
+    control = load_ircontrolnet(resolve(args.control, "diffbir", "--control"), args.control)
     musiq = None
     if args.fixed_kw is None:
         from ..modules.iqa import build_musiq
@@ -138,8 +153,57 @@ def build_task(args):
     return task, s
 
 
+def _stage2_task(args, s, data, model, vae, restoration_vae, context, base_model):
+    from ..modules.controlnet_layout import extract_ircontrolnet
+    from ..nodes.common import load_weights
+
+    if args.init:
+        path = resolve(args.init, "diffbir", "--init")
+        sd, meta = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)", with_metadata=True)
+        try:
+            _, control_sd = extract_ircontrolnet(sd, meta)
+        except ValueError as e:
+            raise ValueError(f"--init: {e}") from None
+        init = os.path.basename(path)
+    else:
+        unet_sd = model.get_model_object("diffusion_model").state_dict()
+        control_sd, init = stage2.control_from_unet(unet_sd), "sd_unet"
+    return stage2.IRControlNetTask(model, vae, restoration_vae, control_sd, context, data, s,
+                                   val_steps=args.val_steps, base_model=base_model, init=init)
+
+
+SAMPLE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "grass", "gravel", "hubble_deep_field",
+                 "immunohistochemistry", "rocket")
+
+
+def sample_photos(folder: str) -> list[str]:
+    """Write scikit-image's bundled photographs (no download; RGB and grey, 300 to 1000 px) as PNGs to
+    ``folder``; returns the paths. Needs the ``scikit-image`` package (the pack's ``train`` extra)."""
+    try:
+        import skimage.data
+    except ImportError:
+        raise ValueError("expected the scikit-image package (pip install scikit-image), found it missing") from None
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for name in SAMPLE_PHOTOS:
+        path = os.path.join(folder, f"{name}.png")
+        Image.fromarray(getattr(skimage.data, name)()).save(path)
+        paths.append(path)
+    return paths
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.stage == "sample-photos":
+        try:
+            paths = sample_photos(args.folder)
+        except (ValueError, OSError) as e:
+            print(f"train.py sample-photos: {e}", file=sys.stderr)
+            return 2
+        print(f"sample-photos: wrote {len(paths)} photographs to {args.folder}")
+        return 0
     try:
         task, s = build_task(args)
         result = loop.run(task, s)

@@ -246,3 +246,22 @@ def save_image_grid(rows: list, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(arr).save(path)
     return path
+
+
+def record_metrics(folder: str, step: int, out: torch.Tensor, hq: torch.Tensor, lq: torch.Tensor) -> dict:
+    """PSNR/SSIM of the validation results ``out`` and of the degraded inputs ``lq`` against the originals ``hq``
+    ((N, 3, H, W) [0, 1]); appended as one JSON line to ``folder/metrics.jsonl``, printed, and returned."""
+    import json
+
+    from tqdm import tqdm
+
+    from ..modules.metrics import psnr, ssim
+
+    m = {"step": step, "psnr": float(psnr(out, hq).mean()), "ssim": float(ssim(out, hq).mean()),
+         "psnr_lq": float(psnr(lq, hq).mean()), "ssim_lq": float(ssim(lq, hq).mean())}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps(m) + "\n")
+    tqdm.write(f"validation at step {step}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} (degraded input: "
+               f"{m['psnr_lq']:.2f} dB, {m['ssim_lq']:.4f})")
+    return m

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..modules.degradations import realesrgan_degrade
 from .data import CropBatches
-from .loop import TrainingTask, gradient_checkpointing, save_image_grid
+from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
 # AdaptBIR's stage-1 config: Adam, betas (0.5, 0.9), base lr 4.5e-6, batch 5, 512 crops
@@ -79,7 +79,8 @@ class RestorationVAETask(TrainingTask):
     def validate(self, step, folder):
         hq = self.data.validation(self.settings.val_count)
         lq, _ = realesrgan_degrade(hq, torch.Generator().manual_seed(self.settings.seed), scale=1, per_sample=True)
-        out = (self.reconstruct(lq).float().cpu() + 1) / 2
+        out = ((self.reconstruct(lq).float().cpu() + 1) / 2).clamp(0, 1)
+        record_metrics(folder, step, out, hq, lq)
         return save_image_grid([lq, out, hq], os.path.join(folder, f"step_{step:08d}.png"))
 
     def export(self, out_dir):

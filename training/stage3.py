@@ -18,6 +18,7 @@ import comfy.sample
 import torch
 import torch.nn.functional as F
 
+from ..modules.controlnet_layout import LAYOUT_HINT
 from ..modules.csft import CSFT, csft_config_from_state_dict
 from ..modules.degradations import mild_degrade
 from ..modules.iqa import params_from_scores, score_images
@@ -25,7 +26,7 @@ from ..nodes.csft import WRAPPER_KEY, CSFTPatch, CSFTWeights, patch_model
 from ..nodes.ircontrolnet import FEATURES, hint_from_condition
 from ..nodes.latent import dual_encode, encode, post_quant
 from .data import CropBatches
-from .loop import TrainingTask, gradient_checkpointing, save_image_grid
+from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
 # AdaptBIR's stage-3 config: AdamW, lr 1e-5 (the paper says Adam, 1e-4, 20k iterations), 512 crops
@@ -66,6 +67,7 @@ class CSFTTask(TrainingTask):
             self.csft.load_state_dict(csft_init, strict=True)
         self.csft_config = config
         self.model, self.unet, self.vae, self.restoration_vae, self.control = model, unet, vae, restoration_vae, control
+        self.hint_convention = LAYOUT_HINT[control.layout]
         self.context = context.to(self.device)
         self.data, self.settings, self.musiq, self.fixed_kw = data, settings, musiq, tuple(fixed_kw)
         self.val_steps, self.base_model = val_steps, base_model
@@ -83,12 +85,16 @@ class CSFTTask(TrainingTask):
         self.csft.load_state_dict(state, strict=True)
 
     def config(self):
-        return {"stage": "III", "csft": {k: list(v) if isinstance(v, tuple) else v
-                                         for k, v in self.csft_config.items()}, "musiq": self.musiq is not None}
+        cfg = {"stage": "III", "csft": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in self.csft_config.items()}, "musiq": self.musiq is not None}
+        if self.hint_convention != "adaptbir":  # absent from checkpoints made before DiffBIR controls were accepted
+            cfg["hint_convention"] = self.hint_convention
+        return cfg
 
     @torch.no_grad()
     def condition(self, lq: torch.Tensor):
-        """The hint (AdaptBIR convention) and per-sample (k, w) for LQ crops (B, 3, H, W) [0, 1]."""
+        """The hint (in the control's convention: AdaptBIR's post_quant_conv latent, or 0.18215 x the latent for
+        DiffBIR weights such as v2.pth) and per-sample (k, w) for LQ crops (B, 3, H, W) [0, 1]."""
         if self.musiq is not None:
             p = params_from_scores(score_images(self.musiq, lq), mode="adaptbir")
             k, w = torch.tensor(p.k), torch.tensor(p.w, dtype=torch.float64)
@@ -96,7 +102,7 @@ class CSFTTask(TrainingTask):
             k = torch.full((lq.shape[0],), float(self.fixed_kw[0]))
             w = torch.full((lq.shape[0],), float(self.fixed_kw[1]), dtype=torch.float64)
         z = dual_encode(self.restoration_vae, self.vae, lq, k)
-        hint = hint_from_condition({"samples": z, "post_quant": post_quant(self.vae, z)}, "adaptbir")
+        hint = hint_from_condition({"samples": z, "post_quant": post_quant(self.vae, z)}, self.hint_convention)
         return hint, k, w
 
     def _batch(self, step: int):
@@ -153,13 +159,14 @@ class CSFTTask(TrainingTask):
         samples = comfy.sample.sample(model, noise, self.val_steps, 1.0, "ddpm", "normal", cond, cond, latent,
                                       seed=self.settings.seed, disable_pbar=True)
         out = self.vae.decode(samples).movedim(-1, 1).float().cpu().clamp(0, 1)
+        record_metrics(folder, step, out, hq, lq)
         return save_image_grid([lq, out, hq], os.path.join(folder, f"step_{step:08d}.png"))
 
     def export(self, out_dir):
         from safetensors.torch import save_file
 
         meta = {"adaptbir_kind": "csft", "format_version": FORMAT_VERSION, "base_model": self.base_model,
-                "hint_convention": "adaptbir", "stage": "III", "degradation": "adaptbir_mild"}
+                "hint_convention": self.hint_convention, "stage": "III", "degradation": "adaptbir_mild"}
         path = os.path.join(out_dir, "csft.safetensors")
         save_file({k: v.contiguous() for k, v in self.trainable_state().items()}, path + ".tmp", metadata=meta)
         os.replace(path + ".tmp", path)  # atomic: the file is complete or absent
