@@ -83,8 +83,9 @@ def _worker_class():
                 with open(saved, "rb") as f:
                     png = f.read()
                 return {"ok": True, "png": png, "seconds": time.perf_counter() - t0}
-            except Exception as e:
-                return {"ok": False, "error": str(e), "seconds": time.perf_counter() - t0}
+            except Exception as e:  # named by the input's own name, not this worker's copy of it
+                return {"ok": False, "error": str(e).replace(os.path.join(self.input_dir, ""), ""),
+                        "seconds": time.perf_counter() - t0}
             finally:
                 for path in (src, saved):
                     if path and os.path.exists(path):

@@ -250,6 +250,9 @@ def _main_ray(args, pack_dir, comfy_dir) -> int:
     except (WorkflowError, RuntimeError, OSError) as e:
         print(f"batch.py: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the workers are stopped, the finished outputs and the manifest are kept
+        print("batch.py: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     print(format_summary(summary))
     print(f"batch.py: {len(summary['done'])} done, {len(summary['failed'])} failed, {len(summary['skipped'])} "
           f"skipped (already in {args.output}); states in {os.path.join(args.output, 'batch-manifest.jsonl')}")

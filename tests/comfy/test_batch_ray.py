@@ -8,6 +8,8 @@ One Ray cluster serves the module (``ray.init(num_cpus=2)``, no dashboard); each
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,7 +109,8 @@ def test_a_corrupt_image_and_a_worker_killing_image_fail_alone(setup, tmp_path):
     summary = engine.run_ray(str(setup["wf"]), str(src), str(out), on_event=on_event, max_attempts=2, **setup["kw"])
     assert sorted(summary["done"]) == ["img0.png", "img1.png", "img2.png"]
     assert sorted(summary["failed"]) == ["bad.png", "poison.png"]
-    assert summary["failed"]["bad.png"].startswith("bad.png: LoadImage:")
+    assert summary["failed"]["bad.png"].startswith("bad.png: LoadImage: ")
+    assert "adaptbir-batch-" not in summary["failed"]["bad.png"]  # no path of the worker's copy of the input
     assert "the worker died while restoring it (2 times" in summary["failed"]["poison.png"]
     states = {k: r["state"] for k, r in setup["manifest"].read_manifest(str(out)).items()}
     assert states == {"bad.png": "failed", "img0.png": "done", "img1.png": "done", "img2.png": "done",
@@ -126,3 +129,13 @@ def test_a_second_run_on_the_same_output_folder_is_refused(setup, tmp_path):
                                match="output folder: another batch run is writing into .*pid"):
                 run()
     assert os.listdir(out) == []  # the lock's file goes with the lock; nothing was written
+
+
+def test_ray_is_not_imported_without_ray():
+    """The runner, its command line and the engine's module import nothing of Ray until --ray runs."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from _launcher import package; package(sys.argv[1], False); "
+            "import adaptbir_restoration.batch.runner, adaptbir_restoration.batch.ray_engine; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    r = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120,
+                       check=True)
+    assert r.stdout.strip() == "[]"
