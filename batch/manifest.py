@@ -116,12 +116,16 @@ class Manifest:
         self.records = read_manifest(folder)
         self.file = open(self.path, "a", encoding="utf-8")
 
-    def record(self, name: str, state: str, **fields) -> dict:
+    def record(self, name: str, state: str, *, durable: bool = True, **fields) -> dict:
+        """Set the state of input ``name`` (``fields`` with a None value are left out); ``durable`` appends it to
+        the file and flushes it to disk now, else it is written by :meth:`close` (the skipped images of a rerun of
+        a large folder)."""
         rec = {"input": name, "state": state, **{k: v for k, v in fields.items() if v is not None}}
         self.records[name] = rec
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        if durable:
+            self.file.write(json.dumps(rec) + "\n")
+            self.file.flush()
+            os.fsync(self.file.fileno())
         return rec
 
     def close(self, names: list[str]) -> None:

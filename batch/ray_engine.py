@@ -18,12 +18,13 @@ run on the same output folder. Ray is imported only here, only when this engine 
 from __future__ import annotations
 
 import collections
+import json
 import os
 import sys
 import time
 
 from .manifest import Manifest, OutputLock, write_atomically
-from .runner import input_images, load_workflow, output_name
+from .runner import input_images, job_of, output_name
 from .workflow import WorkflowError
 
 
@@ -118,14 +119,11 @@ def run_ray(workflow_path: str, input_dir: str, output_dir: str, *, pack_dir: st
     ``("image", {"name", "state", "worker"})`` when an image ends (tests use it).
     Raises WorkflowError like the in-process runner, and when a worker cannot start (its message) or the output
     folder is in use; RuntimeError when every worker is gone with images left (finished outputs are kept)."""
-    job = load_workflow(workflow_path)
-    files = input_images(input_dir, output_dir)
-    import json
-
     with open(workflow_path, encoding="utf-8") as f:
         workflow = json.load(f)
+    job_of(workflow)  # checked here, before any worker starts; each worker builds its own
+    files = input_images(input_dir, output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    del job  # checked here; each worker builds its own
     with OutputLock(output_dir):
         manifest = Manifest(output_dir)
         try:
@@ -147,7 +145,7 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
     for name in files:
         if os.path.exists(os.path.join(output_dir, output_name(name))) and not overwrite:
             summary["skipped"].append(name)
-            manifest.record(name, "skipped", output=output_name(name))
+            manifest.record(name, "skipped", output=output_name(name), durable=False)  # written at the end
         else:
             todo.append(name)
     if not todo:

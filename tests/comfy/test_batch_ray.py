@@ -139,3 +139,21 @@ def test_ray_is_not_imported_without_ray():
     r = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120,
                        check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_a_crashed_run_leaves_no_lock_and_its_manifest_is_read(pack, tmp_path):
+    """A process that dies holding the lock (no clean-up) and leaves a manifest line cut short: the next run takes
+    the lock, and the manifest gives the finished records."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from _launcher import package; "
+            "package(sys.argv[1], False); from adaptbir_restoration.batch.manifest import Manifest, OutputLock; "
+            "OutputLock(sys.argv[2]).acquire(); m = Manifest(sys.argv[2]); m.record('a.png', 'done'); "
+            "m.file.write('{\"input\": \"b.png\", \"sta'); m.file.flush(); os._exit(9)")
+    r = subprocess.run([sys.executable, "-c", code, str(REPO), str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9, r.stderr
+    assert (out / ".batch.lock").exists()  # its file is left, but no process holds it
+    manifest = pack("batch.manifest")
+    with manifest.OutputLock(str(out)):
+        assert manifest.read_manifest(str(out)) == {"a.png": {"input": "a.png", "state": "done"}}
+    assert not (out / ".batch.lock").exists()
