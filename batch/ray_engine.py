@@ -39,7 +39,7 @@ def _worker_class():
             import socket
             import tempfile
 
-            self.host, self.error, self.device = socket.gethostname(), None, "?"
+            self.host, self.error, self.device, self.tmp = socket.gethostname(), None, "?", None
             try:
                 import torch
 
@@ -58,7 +58,7 @@ def _worker_class():
                 self.runner = importlib.import_module("adaptbir_restoration.batch.runner")
                 self.job = self.runner.job_of(workflow)
                 self.device = str(mm.get_torch_device())
-                tmp = tempfile.mkdtemp(prefix="adaptbir-batch-")
+                self.tmp = tmp = tempfile.mkdtemp(prefix="adaptbir-batch-")
                 self.input_dir, self.work = os.path.join(tmp, "input"), os.path.join(tmp, "output")
                 os.makedirs(self.input_dir)
                 os.makedirs(self.work)
@@ -71,6 +71,14 @@ def _worker_class():
 
         def ready(self) -> dict:
             return {"pid": os.getpid(), "host": self.host, "device": self.device, "error": self.error}
+
+        def close(self) -> None:
+            """Remove this worker's temporary folder (the one it made; a killed worker's stays in the temp dir)."""
+            import shutil
+
+            if self.tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                self.tmp = None
 
         def restore(self, name: str, data: bytes) -> dict:
             """Restore the image ``name`` (its file's bytes); ``{"ok": True, "png": bytes, "seconds"}`` or
@@ -241,6 +249,10 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
                                f"({len(summary['done'])} done); run the same command again to resume")
     finally:
         bar.close()
+        try:
+            ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=10)
+        except Exception:  # a dead worker: nothing to remove
+            pass
         for a in actors:
             ray.kill(a)
         if started_here:

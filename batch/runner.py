@@ -2,7 +2,9 @@
 
 One output per input (``<output>/<input name>.png``), written atomically: an interrupted run leaves only finished
 files, and a re-run skips them (``--overwrite`` redoes them). The workflow must have one Load Image and one Save
-Image node; model files named by its loaders are checked first.
+Image node; model files named by its loaders are checked first. A lock (batch/manifest.py) refuses a second run on
+the same output folder. ``--ray`` runs the same per-image work (:func:`restore_image`) on the workers of a Ray
+cluster instead (batch/ray_engine.py, which also keeps a manifest of each input's state).
 """
 
 from __future__ import annotations

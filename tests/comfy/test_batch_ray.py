@@ -7,9 +7,12 @@ One Ray cluster serves the module (``ray.init(num_cpus=2)``, no dashboard); each
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,7 +73,11 @@ def test_two_workers_twelve_images_one_killed_worker_then_a_rerun_skips_all(setu
                 os.kill(killed[0], signal.SIGKILL)
 
     monkeypatch.setattr(engine.os, "replace", counting_replace)
+    temp_before = set(Path(tempfile.gettempdir()).glob("adaptbir-batch-*"))
     summary = engine.run_ray(str(setup["wf"]), str(setup["src"]), str(out), on_event=on_event, **setup["kw"])
+    left = set(Path(tempfile.gettempdir()).glob("adaptbir-batch-*")) - temp_before
+    assert len(left) == 1  # the workers remove their temporary folders, except the killed one
+    shutil.rmtree(left.pop())
     names = sorted(f"img{i}.png" for i in range(N))  # the runner's order
     assert sorted(summary["done"]) == sorted(names) and summary["failed"] == {} and summary["skipped"] == []
     assert sum(r["deaths"] for r in summary["workers"]) == 1 and len(killed) == 1  # its image went elsewhere
@@ -106,7 +113,12 @@ def test_a_corrupt_image_and_a_worker_killing_image_fail_alone(setup, tmp_path):
         elif kind == "start" and info["name"] == "poison.png":
             os.kill(pids[info["worker"]], signal.SIGKILL)
 
+    temp_before = set(Path(tempfile.gettempdir()).glob("adaptbir-batch-*"))
     summary = engine.run_ray(str(setup["wf"]), str(src), str(out), on_event=on_event, max_attempts=2, **setup["kw"])
+    left = set(Path(tempfile.gettempdir()).glob("adaptbir-batch-*")) - temp_before
+    assert len(left) == 2  # the temporary folders of the two killed workers (empty)
+    for path in left:
+        shutil.rmtree(path)
     assert sorted(summary["done"]) == ["img0.png", "img1.png", "img2.png"]
     assert sorted(summary["failed"]) == ["bad.png", "poison.png"]
     assert summary["failed"]["bad.png"].startswith("bad.png: LoadImage: ")
