@@ -159,7 +159,8 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
     if not todo:
         return summary
     import ray
-    from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
+    from ray.exceptions import (ActorUnavailableError, NodeDiedError, OutOfMemoryError, RayActorError,
+                                WorkerCrashedError)
     from tqdm import tqdm
 
     DIED = (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError)  # the worker process is gone
@@ -210,8 +211,12 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
                 row = rows[i]
                 try:
                     result = ray.get(ref)
-                except DIED:
+                except DIED as e:
                     busy[i] = None
+                    if kind == "ready" and isinstance(e, ActorUnavailableError):  # still restarting: ask again
+                        time.sleep(0.2)
+                        refs[actors[i].ready.remote()] = ("ready", i, None)
+                        continue
                     if kind == "ready":  # it did not come back (restarts used up, or its node is gone)
                         row["status"] = "gone"
                         continue
