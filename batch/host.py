@@ -28,9 +28,9 @@ def start_comfyui(comfy_dir: str, *, cpu: bool = False, extra_model_paths_config
             load_extra_path_config(cfg)
     import server
 
-    from .runner import _Server
-
     import nodes
+
+    from .runner import _Server
 
     server.PromptServer.instance = _Server()
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))

@@ -114,7 +114,7 @@ class Manifest:
         self.folder = folder
         self.path = os.path.join(folder, MANIFEST_NAME)
         self.records = read_manifest(folder)
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (open for the run; close() ends it)
 
     def record(self, name: str, state: str, *, durable: bool = True, **fields) -> dict:
         """Set the state of input ``name`` (``fields`` with a None value are left out); ``durable`` appends it to

@@ -66,7 +66,7 @@ def _worker_class():
                 folder_paths.set_output_directory(self.work)
                 self.server = self.runner._Server()
                 self.executor = self.runner.new_executor(self.server)
-            except Exception as e:  # reported by ready(): the driver stops the run with this message
+            except Exception as e:  # noqa: BLE001  (reported by ready(): the driver stops the run with it)
                 self.error = str(e) if type(e).__name__ == "WorkflowError" else f"{type(e).__name__}: {e}"
 
         def ready(self) -> dict:
@@ -92,7 +92,7 @@ def _worker_class():
                 with open(saved, "rb") as f:
                     png = f.read()
                 return {"ok": True, "png": png, "seconds": time.perf_counter() - t0}
-            except Exception as e:  # named by the input's own name, not this worker's copy of it
+            except Exception as e:  # noqa: BLE001  (any failure is this image's; named by the input's own name)
                 return {"ok": False, "error": str(e).replace(os.path.join(self.input_dir, ""), ""),
                         "seconds": time.perf_counter() - t0}
             finally:
@@ -159,8 +159,13 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
     if not todo:
         return summary
     import ray
-    from ray.exceptions import (ActorUnavailableError, NodeDiedError, OutOfMemoryError, RayActorError,
-                                WorkerCrashedError)
+    from ray.exceptions import (
+        ActorUnavailableError,
+        NodeDiedError,
+        OutOfMemoryError,
+        RayActorError,
+        WorkerCrashedError,
+    )
     from tqdm import tqdm
 
     DIED = (RayActorError, WorkerCrashedError, NodeDiedError, OutOfMemoryError)  # the worker process is gone
@@ -256,7 +261,7 @@ def _run(workflow, files, input_dir, output_dir, manifest, *, pack_dir, comfy_di
         bar.close()
         try:
             ray.wait([a.close.remote() for a in actors], num_returns=len(actors), timeout=10)
-        except Exception:  # a dead worker: nothing to remove
+        except Exception:  # noqa: BLE001, S110  (a dead worker: nothing to remove)
             pass
         for a in actors:
             ray.kill(a)

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="adaptbir-bench-batch-") as tmp:
         tmp = Path(tmp)
         host = InProcessHost(tmp / "comfy")
-        tiny = sys.modules[[m for m in sys.modules if m.endswith("adaptbir_test_nodes.tiny")][0]]
+        tiny = sys.modules[next(m for m in sys.modules if m.endswith("adaptbir_test_nodes.tiny"))]
         write_tiny_files(host.models_dir, host.workdir / "input", tiny)
         cfg = tmp / "extra_model_paths.yaml"
         cfg.write_text(f"t:\n  base_path: {host.workdir}\n  custom_nodes: custom_nodes\n  diffbir: models/diffbir\n"
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                 summary = engine.run_ray(
                     str(wf), str(src), str(tmp / f"out{n}"), pack_dir=str(REPO), comfy_dir=str(comfyui_path()),
                     workers=n, cpu=True, extra_model_paths_config=[str(cfg)], progress=False,
-                    on_event=lambda kind, info: events.append((kind, time.perf_counter())))
+                    on_event=lambda kind, info, events=events: events.append((kind, time.perf_counter())))
                 t1 = time.perf_counter()
                 done = len(summary["done"])
                 up = max(t for k, t in events if k == "worker")  # the last worker is ready

@@ -162,7 +162,8 @@ def test_a_crashed_run_leaves_no_lock_and_its_manifest_is_read(pack, tmp_path):
             "package(sys.argv[1], False); from adaptbir_restoration.batch.manifest import Manifest, OutputLock; "
             "OutputLock(sys.argv[2]).acquire(); m = Manifest(sys.argv[2]); m.record('a.png', 'done'); "
             "m.file.write('{\"input\": \"b.png\", \"sta'); m.file.flush(); os._exit(9)")
-    r = subprocess.run([sys.executable, "-c", code, str(REPO), str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code, str(REPO), str(out)], capture_output=True, text=True, timeout=120,
+                       check=False)
     assert r.returncode == 9, r.stderr
     assert (out / ".batch.lock").exists()  # its file is left, but no process holds it
     manifest = pack("batch.manifest")
