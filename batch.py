@@ -2,10 +2,10 @@
 
 Run it with the Python of your ComfyUI (``python custom_nodes/<this pack>/batch.py --help``). It finds ComfyUI from
 ``--comfyui``, ``$COMFYUI_PATH`` or the folder above ``custom_nodes``, loads ComfyUI's nodes and custom nodes like
-ComfyUI's main.py, and runs the workflow in-process. This file is a script: ComfyUI never imports it.
+ComfyUI's main.py, and runs the workflow in-process (or, with ``--ray``, on the workers of a Ray cluster). This file
+is a script: ComfyUI never imports it.
 """
 
-import asyncio
 import os
 import sys
 
@@ -21,27 +21,11 @@ def main() -> int:
     comfy_dir = comfyui_on_path("batch.py", sys.argv[1:], pack_dir)
     if comfy_dir is None:
         return 2
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = args.cpu or comfy.cli_args.args.cpu
-    comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod.NoPreviews
-    from utils.extra_config import load_extra_path_config
-
-    for cfg in [os.path.join(comfy_dir, "extra_model_paths.yaml"), *args.extra_model_paths_config]:
-        if os.path.isfile(cfg):
-            load_extra_path_config(cfg)
-    import server
-    from adaptbir_restoration.batch.runner import _Server
+    from adaptbir_restoration.batch.host import start_comfyui
     from adaptbir_restoration.batch.runner import main as run_main
 
-    import nodes
-
-    server.PromptServer.instance = _Server()
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-    return run_main(sys.argv[1:])
+    start_comfyui(comfy_dir, cpu=args.cpu, extra_model_paths_config=args.extra_model_paths_config)
+    return run_main(sys.argv[1:], pack_dir=pack_dir, comfy_dir=comfy_dir)
 
 
 if __name__ == "__main__":
