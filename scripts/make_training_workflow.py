@@ -1,0 +1,52 @@
+"""Build ``workflows/supir_lora_training.json`` in the real ComfyUI page with scripts/make_workflows.py's machinery:
+
+    .venv/bin/python scripts/make_training_workflow.py
+
+LoRA-SUPIR's LoRA training (Zhao, "Efficient Image Restoration through Low-Rank Adaptation and SDXL") on ComfyUI's
+own nodes only: SDXL checkpoint + a folder of photos with caption .txt files -> resize/crop to 512x512 -> VAE/CLIP
+encode -> Train LoRA (AdamW, lr 1e-4) -> Save LoRA + loss graph. Kept apart from make_workflows.py's list so both
+files can change independently; fold it in there when convenient.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import make_workflows
+
+NAME = "supir_lora_training"
+SIZE = 512  # the paper: "All images are preprocessed to a resolution of 512x512"
+
+
+def supir_lora_training():
+    nodes = [
+        ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": make_workflows.SDXL[0]["name"]}),
+        ("data", "LoadImageTextDataSetFromFolder", {"folder": "lora_photos"},
+         "Photos + captions (ComfyUI/input/lora_photos: a.png + a.txt)"),
+        ("resize", "ResizeImagesByShorterEdge", {"shorter_edge": SIZE}),
+        ("crop", "CenterCropImages", {"width": SIZE, "height": SIZE}),
+        ("encode", "MakeTrainingDataset", {}),
+        ("train", "TrainLoraNode", {
+            "batch_size": 1, "grad_accumulation_steps": 1, "steps": 2000, "learning_rate": 0.0001, "rank": 8,
+            "optimizer": "AdamW", "loss_function": "MSE", "seed": 0, "control_after_generate": "fixed",
+            "training_dtype": "bf16",
+            "lora_dtype": "bf16", "algorithm": "LoRA", "gradient_checkpointing": True},
+         "Train LoRA (paper: AdamW, lr 1e-4)"),
+        ("save", "SaveLoRA", {"prefix": "loras/supir_lora"}, "Save LoRA (output/loras -> move to models/loras)"),
+        ("loss", "LossGraphNode", {"filename_prefix": "supir_lora_loss"}),
+    ]
+    links = [
+        ("data", 0, "resize", "images"), ("resize", 0, "crop", "images"), ("crop", 0, "encode", "images"),
+        ("ckpt", 2, "encode", "vae"), ("ckpt", 1, "encode", "clip"), ("data", 1, "encode", "texts"),
+        ("ckpt", 0, "train", "model"), ("encode", 0, "train", "latents"), ("encode", 1, "train", "positive"),
+        ("train", 1, "save", "lora"), ("train", 3, "save", "steps"), ("train", 2, "loss", "loss"),
+    ]
+    return nodes, links, {"ckpt": make_workflows.SDXL}
+
+
+if __name__ == "__main__":
+    make_workflows.WORKFLOWS[NAME] = supir_lora_training
+    make_workflows.main([NAME])
