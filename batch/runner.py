@@ -164,6 +164,9 @@ def parser() -> argparse.ArgumentParser:
                    help="extra_model_paths.yaml files to read (ComfyUI's own is read when present)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU")
     p.add_argument("--overwrite", action="store_true", help="redo images whose output exists")
+    p.add_argument("--metrics-gt", metavar="FOLDER", help=(
+        "ground-truth folder (same file names as the inputs): after the batch, write <output>/metrics.csv with "
+        "PSNR/SSIM (RGB and Y), LPIPS and MUSIQ per image and their mean (see the Restoration Metrics node)"))
     return p
 
 
@@ -171,6 +174,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         summary = run_batch(args.workflow, args.input, args.output, overwrite=args.overwrite)
+        if args.metrics_gt:
+            from .metrics import write_metrics_csv
+
+            write_metrics_csv(args.output, args.metrics_gt)
     except (WorkflowError, RuntimeError, OSError) as e:
         print(f"batch.py: {e}", file=sys.stderr)
         return 2

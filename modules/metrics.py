@@ -235,5 +235,5 @@ def format_table(rows: list[dict], label: str = "image") -> str:
     head = [label] + [f"{c.upper()}{'↑' if HIGHER_IS_BETTER[c] else '↓'}" for c in cols]
     body = [[str(r.get(label, ""))] + [format_value(c, r.get(c)) for c in cols] for r in rows]
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
-    fmt = lambda line: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(line, widths)))  # noqa: E731
+    fmt = lambda line: "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(line, widths)))
     return "\n".join([fmt(head)] + [fmt(line) for line in body])

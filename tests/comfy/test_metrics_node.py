@@ -16,9 +16,9 @@ def random_lpips_state(seed=0):
 
     torch.manual_seed(seed)
     sd = {k: v.clone() for k, v in LPIPS().state_dict().items()}
-    for k in sd:
+    for k, v in list(sd.items()):
         if k.startswith("lin"):
-            sd[k] = torch.rand(sd[k].shape, generator=torch.Generator().manual_seed(len(k))) * 0.1
+            sd[k] = torch.rand(v.shape, generator=torch.Generator().manual_seed(len(k))) * 0.1
     return sd
 
 
@@ -84,7 +84,7 @@ def test_full_lpips_file_equals_heads_plus_trunk(host, tiny, lpips_files):
 
 def test_skipped_metrics_and_reference_broadcast(host, tiny, lpips_files):
     restored, ref = pair(b=3, seed=2)
-    _, (text, p, *_rest, lp, mq) = run_metrics(host, tiny, restored, ref[:1], lpips_weights="none",
+    _, (text, _p, *_rest, lp, mq) = run_metrics(host, tiny, restored, ref[:1], lpips_weights="none",
                                                musiq_weights="none")
     assert lp == -1.0 and mq == -1.0 and "LPIPS" not in text.splitlines()[0]
     assert len(text.splitlines()) == 5  # header, 3 images, mean
