@@ -15,6 +15,7 @@ from tests.comfy.test_metrics_node import lpips_files  # noqa: F401  (module fix
 from tests.comfy.test_workflows import REPO, write_tiny_files
 
 GT_SIZE = 32
+pytestmark = pytest.mark.slow
 
 
 def tiny_supir_workflow(path):
@@ -49,12 +50,17 @@ def protocol(host, pack, tiny, sm, sdxl, musiq_random_state, lpips_files, tmp_pa
     pipelines = [f"SUPIR+LoRA={wf}@{fast}", f"SUPIR={wf}@{fast},AdaptBIR_SUPIRLoRA.strength_model=0.0"]
     rows, text = compare.run_compare(str(gt), str(root / "work"), pipelines, degradation="codeformer_diffbir",
                                      seed=10, musiq_weights="none", progress=False)  # MUSIQ: the runner test
-    return {"rows": rows, "text": text, "gt": gt, "work": root / "work", "wf": wf}
+    return {"rows": rows, "text": text, "gt": gt, "work": root / "work", "wf": wf, "pipelines": pipelines}
 
 
-def test_table_of_two_pipelines_on_three_degraded_images(protocol, capsys):
-    print(protocol["text"])
+def test_table_of_two_pipelines_on_three_degraded_images(protocol, pack, capsys):
+    """The command's main() on the same folders: the degraded set comes out the same (fixed seeds), so the
+    finished results are kept and only measured again; it prints the table run_compare returned."""
+    argv = [str(protocol["gt"]), str(protocol["work"]), *protocol["pipelines"], "--degradation",
+            "codeformer_diffbir", "--seed", "10", "--musiq-weights", "none"]
+    assert pack("batch.compare").main(argv) == 0
     out = capsys.readouterr().out
+    assert out.strip() == protocol["text"].strip()
     lines = out.splitlines()
     assert lines[0].startswith("3 ground-truth images") and "codeformer_diffbir" in lines[0]
     assert lines[1].split() == ["pipeline", "PSNR↑", "SSIM↑", "PSNR_Y↑", "SSIM_Y↑", "LPIPS↓"]
@@ -110,6 +116,16 @@ def test_batch_runner_metrics_option_writes_the_csv(protocol, pack, capsys):
     rc = runner.main([protocol["wf"], str(protocol["work"] / "lq"), str(out), "--metrics-gt", str(out.parent / "lq"
                                                                                                   / "missing")])
     assert rc == 2
+
+
+def test_command_line_help():
+    """compare.py is wired to batch/compare.py's parser (no ComfyUI needed for --help)."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(REPO / "compare.py"), "--help"], capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert res.returncode == 0 and "label=workflow.json" in res.stdout and "--lq-scale" in res.stdout
 
 
 def test_bad_pipeline_specs_are_named(pack, host):

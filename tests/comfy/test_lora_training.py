@@ -15,6 +15,7 @@ from tests.comfy.test_supir import graph, sampled, supir_files  # noqa: F401  (m
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = REPO / "workflows" / "supir_lora_training.json"
 FOLDER = "lora_photos"
+pytestmark = pytest.mark.slow
 
 
 def photo_folder(host) -> str:
