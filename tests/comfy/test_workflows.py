@@ -266,6 +266,8 @@ def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_s
         check_training_run(host, prompt)
         return
     ex = host.run(prompt)
+    for k in (k for k, v in prompt.items() if v["class_type"] == "AdaptBIR_RestorationMetrics"):
+        assert host.ui(ex, k)["text"][0].split()[:3] == ["image", "PSNR↑", "SSIM↑"]  # its table on the node
     saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
     images = [im for k in saves for im in (host.ui(ex, k) or {}).get("images", [])]
     if name == "quality_triage":  # three images routed to the branches of their classes
