@@ -218,6 +218,9 @@ def parser() -> argparse.ArgumentParser:
                      help="CPUs of one worker on a machine without GPUs (default 1)")
     ray.add_argument("--max-attempts", type=int, default=3,
                      help="times an image may be given to a worker that then dies before it is reported failed")
+    p.add_argument("--metrics-gt", metavar="FOLDER", help=(
+        "ground-truth folder (same file names as the inputs): after the batch, write <output>/metrics.csv with "
+        "PSNR/SSIM (RGB and Y), LPIPS and MUSIQ per image and their mean (see the Restoration Metrics node)"))
     return p
 
 
@@ -228,6 +231,10 @@ def main(argv=None, *, pack_dir=None, comfy_dir=None) -> int:
         return _main_ray(args, pack_dir, comfy_dir)
     try:
         summary = run_batch(args.workflow, args.input, args.output, overwrite=args.overwrite)
+        if args.metrics_gt:
+            from .metrics import write_metrics_csv
+
+            write_metrics_csv(args.output, args.metrics_gt)
     except (WorkflowError, RuntimeError, OSError) as e:
         print(f"batch.py: {e}", file=sys.stderr)
         return 2
@@ -249,6 +256,10 @@ def _main_ray(args, pack_dir, comfy_dir) -> int:
                           address=args.ray, workers=args.workers, cpus_per_worker=args.cpus_per_worker, cpu=args.cpu,
                           extra_model_paths_config=[os.path.abspath(c) for c in args.extra_model_paths_config],
                           overwrite=args.overwrite, max_attempts=args.max_attempts)
+        if args.metrics_gt:
+            from .metrics import write_metrics_csv
+
+            write_metrics_csv(args.output, args.metrics_gt)
     except (WorkflowError, RuntimeError, OSError) as e:
         print(f"batch.py: {e}", file=sys.stderr)
         return 2

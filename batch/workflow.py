@@ -2,10 +2,11 @@
 
 The conversion follows the page's own rules (``app.graphToPrompt`` of frontend 1.32.9, which the browser test
 compares against): widget values are stored in the order of the node's widget inputs (required, then optional),
-an INT with ``control_after_generate`` is followed by its control value, an image-upload combo by the upload
-widget's value; an input connected by a link takes the link's source ``[node id, output slot]`` (a widget converted
-to an input keeps its stored value, unused); muted nodes (mode 2) are left out. Bypassed nodes (mode 4), reroutes
-and other page-only nodes are refused with a clear error rather than guessed.
+an INT with ``control_after_generate`` (by default: an INT named seed or noise_seed) is followed by its control
+value, an image-upload combo by the upload widget's value; an input connected by a link takes the link's source
+``[node id, output slot]`` (a widget converted to an input keeps its stored value, unused); muted nodes (mode 2)
+are left out. Bypassed nodes (mode 4), reroutes and other page-only nodes are refused with a clear error rather
+than guessed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def widget_specs(node_class) -> list[tuple[str | None, dict]]:
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
             if isinstance(kind, list) or kind in WIDGET_TYPES:
                 specs.append((name, opts))
-                if opts.get("control_after_generate"):
+                # the page adds the control to INTs that ask for it, and by default to any INT named seed/noise_seed
+                if opts.get("control_after_generate", kind == "INT" and name in ("seed", "noise_seed")):
                     specs.append((None, {}))
                 if opts.get("image_upload") or opts.get("video_upload") or opts.get("audio_upload"):
                     specs.append((None, {}))

@@ -260,7 +260,14 @@ def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_s
     write_kohya_lora(host, "your_sdxl_face_lora.safetensors", [("input_blocks_1_0_out_layers_3", 32)], 1, 0.2)
     write_kohya_lora(host, "your_sdxl_landscape_lora.safetensors", [("output_blocks_8_0_out_layers_3", 32)], 2, 0.2)
     prompt = tiny_prompt(page_results["prompts"][name])
+    if name == "supir_lora_training":  # core's training nodes: small crops, and the LoRA file is the output
+        from tests.comfy.test_lora_training import check_training_run
+
+        check_training_run(host, prompt)
+        return
     ex = host.run(prompt)
+    for k in (k for k, v in prompt.items() if v["class_type"] == "AdaptBIR_RestorationMetrics"):
+        assert host.ui(ex, k)["text"][0].split()[:3] == ["image", "PSNR↑", "SSIM↑"]  # its table on the node
     saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
     images = [im for k in saves for im in (host.ui(ex, k) or {}).get("images", [])]
     if name == "quality_triage":  # three images routed to the branches of their classes
