@@ -145,7 +145,7 @@ def paste_faces(background: torch.Tensor, faces: torch.Tensor, affines: torch.Te
     Returns:
         (image (C, H, W), mask (N, H, W) of each face's paste weight in the image).
     """
-    c, h, w = background.shape
+    _, h, w = background.shape
     out = background.clone()
     weights = background.new_zeros(faces.shape[0], h, w)
     inv = invert_affine(affines.double())

@@ -29,8 +29,8 @@ import math
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 BGR_MEAN = (104.0, 117.0, 123.0)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -169,7 +169,7 @@ def normalize_retinaface_state_dict(sd: Mapping) -> dict:
     """A flat ``{key: tensor}`` copy: unwraps ``state_dict``/``model``/``net``/``params`` when the top level is not a
     state dict, strips ``module.`` (facexlib strips it too), keeps tensors only."""
     if not isinstance(sd, Mapping):
-        raise ValueError(f"state dict: expected a mapping of names to tensors, found {type(sd).__name__}")
+        raise TypeError(f"state dict: expected a mapping of names to tensors, found {type(sd).__name__}")
     for _ in range(3):
         if any(isinstance(v, torch.Tensor) for v in sd.values()):
             break
@@ -181,7 +181,7 @@ def normalize_retinaface_state_dict(sd: Mapping) -> dict:
     out = {}
     for k, v in sd.items():
         if isinstance(v, torch.Tensor):
-            out[k[len("module."):] if k.startswith("module.") else k] = v
+            out[k.removeprefix("module.")] = v
     return out
 
 

@@ -39,11 +39,11 @@ def tiny_detector_state_dict() -> dict:
 
     net = RetinaFace(**TINY)
     sd = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
-    for k in sd:
+    for k, v in sd.items():
         if k.endswith("running_var"):
-            sd[k] = torch.full_like(sd[k], 1.0 - 1e-5)  # BatchNorm = identity
-        elif k.endswith(".weight") and sd[k].ndim == 1:
-            sd[k] = torch.ones_like(sd[k])
+            v.fill_(1.0 - 1e-5)  # BatchNorm = identity
+        elif k.endswith(".weight") and v.ndim == 1:
+            v.fill_(1.0)
     sd["body.conv1.weight"][0, 2] = 1.0 / (49 * 255)  # red (the input is BGR, 0..255, minus the mean)
     sd["body.conv1.weight"][0, 1] = -1.0 / (49 * 255)  # minus green
     for name in list(sd):  # every bottleneck's residual branch is 0 (conv3 = 0); shortcuts carry channel 0
@@ -154,7 +154,7 @@ def test_detect_restore_paste_with_two_faces(host, tiny, pack, detector_files, r
     # restored nose pixel, and the masks sit on the two faces
     tn = face_template(FACE_SIZE)[2].round().long()
     for k, i in enumerate(order.tolist()):
-        nx, ny = (int(round(c * 2 + 0.5)) for c in NOSES[k])
+        nx, ny = (round(c * 2 + 0.5) for c in NOSES[k])
         assert float(mask[0, ny, nx]) == pytest.approx(1.0)
         assert torch.allclose(out[0, ny, nx], restored[i, tn[1], tn[0]], atol=0.06)
         assert not torch.allclose(out[0, ny, nx], bg[0, ny, nx], atol=1e-3)

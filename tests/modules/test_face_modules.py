@@ -47,11 +47,11 @@ def test_outputs_and_anchors_equal_facexlibs(facexlib_retinaface):
 
     torch.manual_seed(0)
     sd = {k: v.clone() for k, v in facexlib_retinaface.state_dict().items()}
-    for k in sd:
+    for k, v in sd.items():
         if k.endswith("running_var"):
-            sd[k].uniform_(0.5, 1.5)
+            v.uniform_(0.5, 1.5)
         elif k.endswith("running_mean"):
-            sd[k].normal_(0, 0.1)
+            v.normal_(0, 0.1)
     ref = facexlib_retinaface
     ref.load_state_dict(sd)
     # facexlib's file format: DataParallel prefix, no BatchNorm counters
@@ -120,6 +120,6 @@ def test_paste_keeps_the_background_outside_the_mask_and_the_face_inside():
     hard = out[:, w[0] == 1]  # feather 0: the restored face (red, given at 128 px) replaces the background
     assert hard.shape[1] > 100 and torch.allclose(hard, torch.tensor([[1.0], [0.0], [0.0]]), atol=1e-5)
     hw = face_align.scale_affine(m.double(), (90, 120), (180, 240)).float()
-    big, w2 = face_align.paste_faces(torch.nn.functional.interpolate(bg[None], scale_factor=2)[0], red, hw, 64,
+    _, w2 = face_align.paste_faces(torch.nn.functional.interpolate(bg[None], scale_factor=2)[0], red, hw, 64,
                                      0.1)
     assert 3.5 < float(w2.sum() / w.sum()) < 4.5  # the same face, twice the size
