@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..modules import face_align, retinaface
+from ..modules import face_align, parsenet, retinaface
 from ..modules.weights_kind import describe_weights
 from .common import (
     CATEGORY_ROOT,
@@ -30,7 +30,10 @@ DETECTOR_FOLDER = "facedetection"
 # Socket types; the names are stored in saved workflows: never rename them.
 FaceDetector = io.Custom("ADAPTBIR_FACE_DETECTOR")
 Faces = io.Custom("ADAPTBIR_FACES")
+FaceParser = io.Custom("ADAPTBIR_FACE_PARSER")
 WHAT = "RetinaFace-R50 face detector weights (facexlib's detection_Resnet50_Final.pth)"
+WHAT_PARSER = "ParseNet face parsing weights (facexlib's parsing_parsenet.pth)"
+PARSE_SIZE = 512  # facexlib parses every restored face at 512 x 512
 NMS_IOU = 0.4  # facexlib's default
 
 
@@ -114,6 +117,73 @@ class FaceDetectorLoader(io.ComfyNode):
     @classmethod
     def execute(cls, detector_name) -> io.NodeOutput:
         return io.NodeOutput(load_detector(detector_name))
+
+
+def load_parser(name: str):
+    """ParseNet from ``models/facedetection`` in a ModelPatcher (fp32). PackError naming the file, what was
+    expected and what was found for anything else."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    path = model_file_path(DETECTOR_FOLDER, name)
+    sd = load_weights(path, WHAT_PARSER)
+    flat = retinaface.normalize_retinaface_state_dict(sd)  # same unwrapping: state_dict/model/params, module.
+    if not all(k in flat for k in parsenet.SIGNATURE_KEYS):
+        raise PackError(f"{name}: expected {WHAT_PARSER} with keys such as 'encoder.0.conv2d.weight' and "
+                        f"'out_mask_conv.conv2d.weight'; found {describe_weights(flat or sd)}")
+    offload = mm.unet_offload_device()
+    try:
+        net = parsenet.build_parsenet(flat, device=offload, dtype=torch.float32)
+    except ValueError as e:
+        raise PackError(f"{name}: {e}") from None
+    return comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(), offload_device=offload)
+
+
+class FaceParserLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="AdaptBIR_FaceParserLoader",
+            display_name="Load Face Parser (ParseNet)",
+            category=CAT_FACES,
+            description=(
+                "Loads the face parsing network DiffBIR uses for its paste masks (ParseNet, "
+                "parsing_parsenet.pth from facexlib's releases) from ComfyUI/models/facedetection. Connect it to "
+                "Paste Faces' face_parser: each restored face is then blended in over the skin, eyes, brows, nose, "
+                "mouth and ears the parser finds, instead of a fixed ellipse. The network is the pack's own; only "
+                "tensors are read from the file."),
+            inputs=[io.Combo.Input("parser_name", options=_detector_options(), tooltip=(
+                "Weights file in ComfyUI/models/facedetection, e.g. parsing_parsenet.pth (recognised by its "
+                "weights, not its name)."))],
+            outputs=[FaceParser.Output("face_parser", display_name="face_parser", tooltip=(
+                "The ParseNet face parser (loaded to the GPU only while it runs)."))],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, parser_name):
+        return (parser_name, file_fingerprint(DETECTOR_FOLDER, parser_name))
+
+    @classmethod
+    def execute(cls, parser_name) -> io.NodeOutput:
+        return io.NodeOutput(load_parser(parser_name))
+
+
+def parse_masks(patcher, faces: torch.Tensor) -> torch.Tensor:
+    """(N, 512, 512) paste masks in [0, 1] of (N, 3, s, s) restored crops, as facexlib makes them: each crop resized
+    to 512 (bilinear), parsed, face classes blurred with the borders cleared."""
+    import comfy.model_management as mm
+
+    net: parsenet.ParseNet = patcher.model
+    mm.load_models_gpu([patcher], force_full_load=True)
+    out = []
+    for i in range(faces.shape[0]):
+        check_interrupt()
+        x = F.interpolate(faces[i:i + 1].float(), size=(PARSE_SIZE, PARSE_SIZE), mode="bilinear",
+                          align_corners=False)
+        with torch.no_grad():
+            logits = net(x.to(patcher.load_device, torch.float32))
+        out.append(parsenet.face_mask(logits).cpu())
+    return torch.cat(out)
 
 
 # ------------------------------------------------------------------------------------------------ detection
@@ -258,6 +328,10 @@ class PasteFaces(io.ComfyNode):
                 io.Mask.Input("face_masks", optional=True, tooltip=(
                     "Optional masks in crop pixels, one per face (or one for all), e.g. a face-parsing mask of "
                     "each restored crop; they replace the ellipse.")),
+                FaceParser.Input("face_parser", optional=True, tooltip=(
+                    "Optional ParseNet from Load Face Parser: each restored face is parsed and blended in over "
+                    "the face it finds (DiffBIR's mask), instead of the ellipse. face_masks win when both are "
+                    "connected.")),
             ],
             outputs=[
                 io.Image.Output("image", display_name="image", tooltip="The background with the faces pasted in."),
@@ -271,13 +345,15 @@ class PasteFaces(io.ComfyNode):
         return widget_bounds_error(cls, kwargs) or True
 
     @classmethod
-    def check_lazy_status(cls, background=None, faces=None, restored_faces=None, feather=0.1, face_masks=None):
+    def check_lazy_status(cls, background=None, faces=None, restored_faces=None, feather=0.1, face_masks=None,
+                          face_parser=None):
         if isinstance(faces, FaceSet) and len(faces) == 0:
             return []
         return ["restored_faces"] if restored_faces is None else []
 
     @classmethod
-    def execute(cls, background, faces, restored_faces=None, feather=0.1, face_masks=None) -> io.NodeOutput:
+    def execute(cls, background, faces, restored_faces=None, feather=0.1, face_masks=None,
+                face_parser=None) -> io.NodeOutput:
         if not isinstance(faces, FaceSet):
             raise PackError(f"faces: expected the faces output of Detect & Align Faces, found {type(faces).__name__}")
         bg = input_image(background, "background")
@@ -304,6 +380,11 @@ class PasteFaces(io.ComfyNode):
                 raise PackError(f"face_masks: expected 1 or {n} masks (one per face found), found "
                                 f"{masks.shape[0]}")
             masks = masks.float()
+        elif face_parser is not None:
+            if not isinstance(getattr(face_parser, "model", None), parsenet.ParseNet):
+                raise PackError(f"face_parser: expected a ParseNet from Load Face Parser, found "
+                                f"{type(getattr(face_parser, 'model', face_parser)).__name__}")
+            masks = parse_masks(face_parser, restored)
         affines = face_align.scale_affine(faces.affines.double(), faces.image_size, (h, w)).float()
         out, union = bg.clone(), bg.new_zeros(b, h, w)
         for i in range(b):
@@ -318,4 +399,4 @@ class PasteFaces(io.ComfyNode):
         return io.NodeOutput(out.permute(0, 2, 3, 1).contiguous(), union)
 
 
-NODES = [FaceDetectorLoader, DetectFaces, PasteFaces]
+NODES = [FaceDetectorLoader, FaceParserLoader, DetectFaces, PasteFaces]

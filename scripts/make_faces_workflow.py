@@ -29,6 +29,8 @@ MODELS = {
         f"{HF}/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors", "checkpoints"),
     "detection_Resnet50_Final.pth": (
         "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth", "facedetection"),
+    "parsing_parsenet.pth": (
+        "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth", "facedetection"),
     "musiq_koniq_ckpt-e95806b9.pth": (
         f"{HF}/chaofengc/IQA-PyTorch-Weights/resolve/main/musiq_koniq_ckpt-e95806b9.pth", "iqa"),
 }
@@ -67,6 +69,7 @@ def graph():
         ("face_decode", "VAEDecode", {}, None, 5, 4),
         ("face_crop", "AdaptBIR_CropToOriginal", {}, None, 5, 5),
         ("face_fix", "AdaptBIR_ColorFix", {"method": "wavelet"}, "Face colour fix", 5, 6),
+        ("parser", "AdaptBIR_FaceParserLoader", {"parser_name": "parsing_parsenet.pth"}, None, 3, 3),
         ("paste", "AdaptBIR_PasteFaces", {}, None, 4, 0),
         ("save", "SaveImage", {"filename_prefix": "diffbir_faces"}, None, 5, 0),
     ]
@@ -96,6 +99,7 @@ def graph():
         ("face_decode", 0, "face_crop", "image"), ("face_sampler", 0, "face_crop", "latent"),
         ("face_crop", 0, "face_fix", "image"), ("face_stage1", 0, "face_fix", "reference"),
         ("fix", 0, "paste", "background"), ("detect", 1, "paste", "faces"), ("face_fix", 0, "paste", "restored_faces"),
+        ("parser", 0, "paste", "face_parser"),
         ("paste", 0, "save", "images"),
     ]
     return nodes, links

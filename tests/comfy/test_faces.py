@@ -18,6 +18,7 @@ from tests.support.comfy_host import ExecutionFailed
 
 DETECTOR = "tiny_retinaface.safetensors"
 DETECTOR_PTH = "tiny_retinaface_module.pth"
+PARSER = "tiny_parsenet.safetensors"
 FACE_SCALE = 0.25  # face size relative to FFHQ's 512 template (eye distance ~31 px)
 H, W = 256, 320
 NOSES = ((88.0, 120.0), (232.0, 136.0))  # on the stride-8 grid of the tiny detector's first level
@@ -66,6 +67,20 @@ def tiny_detector_state_dict() -> dict:
     return sd
 
 
+def tiny_parser_state_dict() -> dict:
+    """A tiny ParseNet (facexlib's key layout: 1 down block, 1 body block, 1 up block, 19 classes) that labels every
+    pixel as skin (class 1): the parsed paste mask then covers the whole crop but its cleared, blurred border."""
+    from modules.parsenet import ParseNet
+
+    net = ParseNet({"base": 8, "encoder": [(8, 16)], "body": [16], "decoder": [(16, 8)], "classes": 19})
+    sd = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
+    for k, v in sd.items():
+        if k.endswith(("running_var", "norm.weight")):
+            v.fill_(1.0)
+    sd["out_mask_conv.conv2d.bias"][1] = 5.0
+    return sd
+
+
 def photo(noses=NOSES, seed=0) -> torch.Tensor:
     """(1, H, W, 3) synthetic photo: textured background (red = green), a face per nose point (a warm blush of
     radius 24 px, and dark blue dots on its 5 landmarks)."""
@@ -88,6 +103,7 @@ def detector_files(host):
     d.mkdir(exist_ok=True)
     sd = tiny_detector_state_dict()
     save_file(sd, str(d / DETECTOR))
+    save_file(tiny_parser_state_dict(), str(d / PARSER))
     # facexlib's release format: a plain .pth with DataParallel's module. prefix, no BatchNorm counters
     torch.save({"module." + k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}, d / DETECTOR_PTH)
     return d
@@ -278,3 +294,23 @@ def test_crops_go_through_the_diffbir_nodes_as_one_batch(host, tiny, detector_fi
     assert restored.shape == (2, 64, 64, 3) and torch.isfinite(restored).all()
     out, mask, bg = host.output(ex, "6", 0), host.output(ex, "6", 1), host.output(ex, "5", 0)
     assert torch.equal(out[0][mask[0] == 0], bg[0][mask[0] == 0]) and float(mask.max()) == pytest.approx(1.0)
+
+
+def test_face_parser_mask_replaces_the_ellipse(host, tiny, detector_files):
+    """With Load Face Parser connected, the paste mask is the parsed face (here: the whole crop but its border), so
+    crop corners that the ellipse leaves out are pasted too; the background outside stays exact."""
+    from modules.face_align import apply_affine, invert_affine
+
+    plain = host.run(faces_graph(tiny, photo()))
+    p = faces_graph(tiny, photo())
+    p["12"] = {"class_type": "AdaptBIR_FaceParserLoader", "inputs": {"parser_name": PARSER}}
+    p["6"]["inputs"]["face_parser"] = ["12", 0]
+    parsed = host.run(p)
+    faces = host.output(parsed, "3", 1)
+    corner = apply_affine(invert_affine(faces.affines.double()), torch.tensor([[[24.0, 24.0]]]).double().expand(
+        2, 1, 2))[:, 0].round().long()
+    for x, y in corner.tolist():
+        assert float(host.output(plain, "6", 1)[0, y, x]) == 0.0
+        assert float(host.output(parsed, "6", 1)[0, y, x]) > 0.9
+    out, mask, bg = host.output(parsed, "6", 0), host.output(parsed, "6", 1), host.output(parsed, "5", 0)
+    assert torch.equal(out[0][mask[0] == 0], bg[0][mask[0] == 0]) and float((mask[0] == 0).float().mean()) > 0.3

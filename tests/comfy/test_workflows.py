@@ -113,10 +113,11 @@ def write_tiny_files(models: Path, inputs: Path, tiny, sm_module=None, sdxl=None
         torch.save(irc, models / "diffbir" / name)
     for name in ("realesrgan_s4_swinir_100k.pth", "face_swinir_v1.ckpt"):
         torch.save({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()}, models / "diffbir" / name)
-    from tests.comfy.test_faces import tiny_detector_state_dict
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
 
     (models / "facedetection").mkdir(parents=True, exist_ok=True)
     torch.save(tiny_detector_state_dict(), models / "facedetection" / "detection_Resnet50_Final.pth")
+    torch.save(tiny_parser_state_dict(), models / "facedetection" / "parsing_parsenet.pth")
     meta = {"adaptbir_kind": "csft", "format_version": "1", "base_model": "tiny-sd2", "hint_convention": "adaptbir"}
     save_file(tiny.tiny_csft_state_dict(0), str(models / "diffbir" / "adaptbir_csft.safetensors"), metadata=meta)
     if musiq_state is not None:

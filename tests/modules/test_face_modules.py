@@ -123,3 +123,45 @@ def test_paste_keeps_the_background_outside_the_mask_and_the_face_inside():
     _, w2 = face_align.paste_faces(torch.nn.functional.interpolate(bg[None], scale_factor=2)[0], red, hw, 64,
                                      0.1)
     assert 3.5 < float(w2.sum() / w.sum()) < 4.5  # the same face, twice the size
+
+
+# ------------------------------------------------------------------------------------------------ parsing
+
+
+def test_parsenet_layout_and_outputs_are_facexlibs():
+    pytest.importorskip("facexlib")
+    from facexlib.parsing.parsenet import ParseNet as Reference
+
+    from modules.parsenet import (
+        ParseNet,
+        build_parsenet,
+        parsenet_blocks_from_state_dict,
+    )
+
+    with torch.device("meta"):
+        meta = Reference(in_size=512, out_size=512, parsing_ch=19).state_dict()  # facexlib's parsing_parsenet.pth
+    blocks = parsenet_blocks_from_state_dict(meta)
+    assert blocks["encoder"] == [(64, 128), (128, 256), (256, 256), (256, 256)] and len(blocks["body"]) == 10
+    mine = ParseNet(blocks, device="meta").state_dict()
+    assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(v.shape) for k, v in meta.items()}
+    torch.manual_seed(0)
+    ref = Reference(in_size=64, out_size=64, min_feat_size=16, base_ch=32, parsing_ch=19, res_depth=2).eval()
+    sd = ref.state_dict()
+    for k, v in sd.items():
+        if k.endswith("running_var"):
+            v.uniform_(0.5, 1.5)
+    net = build_parsenet(sd)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(ref(x * 2 - 1)[0], net(x), atol=1e-5)
+
+
+def test_parse_mask_keeps_face_classes_and_clears_the_border():
+    from modules.parsenet import face_mask
+
+    logits = torch.zeros(1, 19, 128, 128)
+    logits[:, 1, :, :64] = 5.0  # skin on the left
+    logits[:, 17, :, 64:] = 5.0  # hair (not pasted) on the right
+    m = face_mask(logits)
+    assert m.shape == (1, 128, 128) and float(m[0, 64, 20]) > 0.99 and float(m[0, 64, 110]) < 0.01
+    assert float(m[0, :2].abs().max()) == 0.0 and float(m[0, :, -2:].abs().max()) == 0.0
