@@ -314,3 +314,29 @@ def test_face_parser_mask_replaces_the_ellipse(host, tiny, detector_files):
         assert float(host.output(parsed, "6", 1)[0, y, x]) > 0.9
     out, mask, bg = host.output(parsed, "6", 0), host.output(parsed, "6", 1), host.output(parsed, "5", 0)
     assert torch.equal(out[0][mask[0] == 0], bg[0][mask[0] == 0]) and float((mask[0] == 0).float().mean()) > 0.3
+
+
+def test_v1_face_checkpoint_holds_both_face_models_at_full_size(host, pack):
+    """DiffBIR v1's face_full_v1.ckpt (control_model.* + preprocess_model.*, at full size on the meta device): Load
+    IRControlNet's layout check finds the face control, Load Stage-1 Restorer's finds the face SwinIR. The separate
+    files (v1_face.pth, face_swinir_v1.ckpt) have exactly these layouts without the prefixes."""
+    from modules.controlnet_layout import extract_ircontrolnet
+    from modules.swinir import (
+        SwinIR,
+        is_diffbir_swinir_keys,
+        normalize_swinir_state_dict,
+    )
+    from tests.comfy.test_ircontrolnet import meta_controlnet
+
+    control = meta_controlnet()
+    swinir = SwinIR(device="meta").state_dict()
+    full = {f"control_model.{k}": v for k, v in control.items()}
+    full.update({f"preprocess_model.{k}": v for k, v in swinir.items()})
+    full["model.diffusion_model.input_blocks.0.0.weight"] = torch.empty(320, 4, 3, 3, device="meta")
+    full["first_stage_model.encoder.conv_in.weight"] = torch.empty(128, 3, 3, 3, device="meta")
+    layout, irc = extract_ircontrolnet({"state_dict": full})
+    assert layout == "diffbir_full" and set(irc) == set(control)
+    _, cfg = pack("nodes.ircontrolnet").build_ircontrolnet(irc, device="meta", dtype=torch.float16)
+    assert cfg["model_channels"] == 320 and tuple(irc["input_blocks.0.0.weight"].shape) == (320, 8, 3, 3)
+    restorer = normalize_swinir_state_dict({"state_dict": full})
+    assert is_diffbir_swinir_keys(restorer) and set(restorer) == set(swinir)
