@@ -293,8 +293,10 @@ class DetectFaces(io.ComfyNode):
             from comfy_execution.graph_utils import ExecutionBlocker
 
             return io.NodeOutput(ExecutionBlocker(None), faces, ExecutionBlocker(None), 0)
-        crops = face_align.warp_affine(x[idx].float(), affines, face_size, face_size,
-                                       border=face_align.BORDER_RGB).clamp(0, 1)
+        # face by face, so a large photo is never copied once per face
+        crops = torch.cat([face_align.warp_affine(x[int(i):int(i) + 1].float(), affines[j:j + 1], face_size,
+                                                  face_size, border=face_align.BORDER_RGB)
+                           for j, i in enumerate(idx)]).clamp(0, 1)
         masks = face_align.crop_masks(len(faces), face_size, 0.1)
         return io.NodeOutput(crops.permute(0, 2, 3, 1).contiguous(), faces, masks, len(faces))
 
