@@ -42,6 +42,12 @@ def identify_weights(keys) -> str | None:
 
     if any("lora_" in k or ".lora." in k or "lora_A" in k or "lora_B" in k for k in keys):
         return "a LoRA (lora_* keys); load it with a LoRA loader"
+    if has("body.conv1.", "module.body.conv1.") and contains("ClassHead.") and contains("LandmarkHead."):
+        return ("RetinaFace face detector weights (body.*, ClassHead.*, LandmarkHead.* keys); they belong in "
+                "models/facedetection for Load Face Detector")
+    if has("encoder.0.conv2d.", "module.encoder.0.conv2d.") and contains("out_mask_conv."):
+        return ("ParseNet face parsing weights (encoder.*, out_mask_conv.* keys); they belong in "
+                "models/facedetection for Load Face Parser")
     if has("input_hint_block.", "control_model.input_hint_block.") and not contains("project_modules."):
         if contains("label_emb"):
             return "a standard SDXL ControlNet (with a hint block); load it with ComfyUI's Load ControlNet"

@@ -8,6 +8,7 @@ from . import (
     cleaners,
     csft,
     degrade,
+    faces,
     iqa,
     ircontrolnet,
     latent,
@@ -24,7 +25,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
     return [*iqa.NODES, *triage.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
             *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
-            *tiled_sampling.NODES, *supir.NODES, *metrics.NODES]
+            *tiled_sampling.NODES, *supir.NODES, *metrics.NODES, *faces.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

@@ -11,6 +11,7 @@ PACK_FOLDERS = {
     "iqa": "iqa",  # MUSIQ weights published by pyiqa
     "diffbir": "diffbir",  # DiffBIR IRControlNet weights and stage-1 restorers (SwinIR)
     "supir": "supir",  # SUPIR-v0Q / v0F adapters (original .ckpt or fp16 pruned .safetensors)
+    "facedetection": "facedetection",  # RetinaFace-R50 (facexlib's detection_Resnet50_Final.pth), as other packs
 }
 
 

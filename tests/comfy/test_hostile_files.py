@@ -22,7 +22,7 @@ from tests.comfy.conftest import KONIQ_FILE, image_node, iqa_node, sample_images
 from tests.support.comfy_host import ExecutionFailed
 
 PREFIX = "hostile_"
-FOLDERS = ("iqa", "diffbir", "supir", "loras")
+FOLDERS = ("iqa", "diffbir", "supir", "loras", "facedetection")
 SUPIR_OK = PREFIX + "ok_supir.safetensors"  # a loadable tiny SUPIR file, for the LoRA loader's row
 
 # loader -> (node that must fail, model folder, phrase of what it expects)
@@ -34,6 +34,8 @@ LOADERS = {
     "restorer": ("AdaptBIR_RestorerLoader", "diffbir", "stage-1 SwinIR restorer"),
     "supir": ("AdaptBIR_LoRASUPIRLoader", "supir", "SUPIR weights"),
     "lora": ("AdaptBIR_LoRASUPIRLoader", "loras", "LoRA"),
+    "face_detector": ("AdaptBIR_FaceDetectorLoader", "facedetection", "RetinaFace-R50 face detector"),
+    "face_parser": ("AdaptBIR_FaceParserLoader", "facedetection", "ParseNet face parsing weights"),
 }
 
 # sample -> (file name, phrase of what the message must say was found)
@@ -59,12 +61,15 @@ FAMILIES = {
     "restoration_vae_export": ("restoration_vae.safetensors", "VAE"),
     "supir": ("supir.safetensors", "SUPIR"),
     "musiq": ("musiq.safetensors", "MUSIQ"),
+    "retinaface": ("retinaface.safetensors", "RetinaFace face detector"),
+    "parsenet": ("parsenet.safetensors", "ParseNet face parsing"),
 }
 NOMATCH = ("lora_nomatch.safetensors", "match no layer")
 # files a loader accepts (its own kind, or one it is documented to read)
 ACCEPTED = {("ircontrolnet", "ircontrolnet"), ("restorer", "swinir"), ("csft", "csft"),
             ("restoration_vae", "denoise_encoder"), ("restoration_vae", "supir"), ("supir", "supir"),
-            ("iqa", "musiq"), ("lora", "lora")}
+            ("iqa", "musiq"), ("lora", "lora"), ("face_detector", "retinaface"),
+            ("face_parser", "parsenet")}
 
 
 def _cells():
@@ -196,6 +201,9 @@ def hostile(host, pack, tiny, sm, sdxl, tmp_path_factory):
     with torch.device("meta"):
         musiq_keys = list(MUSIQ(pretrained=False, pretrained_model_path=None, num_class=1).state_dict())
     files["musiq"] = names_only(musiq_keys)
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
+    files["retinaface"] = names_only(tiny_detector_state_dict())
+    files["parsenet"] = names_only(tiny_parser_state_dict())
     metadata = {"csft": {"adaptbir_kind": "csft", "format_version": "1"},
                 "restoration_vae_export": {"adaptbir_kind": "restoration_vae", "format_version": "1"}}
     files["csft"] = names_only(tiny.tiny_csft_state_dict(0))
@@ -238,7 +246,7 @@ def loader_graph(tiny, loader: str, name: str) -> dict:
         return p
     node, _, _ = LOADERS[loader]
     widget = {"ircontrolnet": "control_net_name", "restoration_vae": "ckpt_name", "csft": "csft_name",
-              "restorer": "restorer_name"}[loader]
+              "restorer": "restorer_name", "face_detector": "detector_name", "face_parser": "parser_name"}[loader]
     inputs = {widget: name}
     if loader == "restorer":
         inputs["precision"] = "fp32"
@@ -309,6 +317,10 @@ def _execute(host, tiny, loader: str, name: str):
         return cls.execute(csft_name=name)
     if loader == "restorer":
         return cls.execute(restorer_name=name, precision="fp32")
+    if loader == "face_detector":
+        return cls.execute(detector_name=name)
+    if loader == "face_parser":
+        return cls.execute(parser_name=name)
     model, vae = tiny.tiny_model("sdxl", 0), tiny.tiny_vae(0)
     if loader == "supir":
         return cls.execute(model=model, vae=vae, supir_name=name)
@@ -330,7 +342,8 @@ def test_names_that_leave_the_model_folder_are_refused(host, tiny, escape, loade
     cls = host.node_class(LOADERS[loader][0])
     if loader not in ("iqa", "lora"):  # the fingerprint of a refused name is None, not the escaped file's
         widget = {"ircontrolnet": "control_net_name", "restoration_vae": "ckpt_name", "csft": "csft_name",
-                  "restorer": "restorer_name", "supir": "supir_name"}[loader]
+                  "restorer": "restorer_name", "supir": "supir_name", "face_detector": "detector_name",
+                  "face_parser": "parser_name"}[loader]
         fp = cls.fingerprint_inputs(**{widget: name})
         assert fp is None or (isinstance(fp, tuple) and fp[-1] is None), fp
 

@@ -111,8 +111,13 @@ def write_tiny_files(models: Path, inputs: Path, tiny, sm_module=None, sdxl=None
     irc = tiny.tiny_ircontrolnet_state_dict(0)
     for name in ("v2.pth", "DiffBIR_v2.1.pt"):
         torch.save(irc, models / "diffbir" / name)
-    torch.save({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()},
-               models / "diffbir" / "realesrgan_s4_swinir_100k.pth")
+    for name in ("realesrgan_s4_swinir_100k.pth", "face_swinir_v1.ckpt"):
+        torch.save({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()}, models / "diffbir" / name)
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
+
+    (models / "facedetection").mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_detector_state_dict(), models / "facedetection" / "detection_Resnet50_Final.pth")
+    torch.save(tiny_parser_state_dict(), models / "facedetection" / "parsing_parsenet.pth")
     meta = {"adaptbir_kind": "csft", "format_version": "1", "base_model": "tiny-sd2", "hint_convention": "adaptbir"}
     save_file(tiny.tiny_csft_state_dict(0), str(models / "diffbir" / "adaptbir_csft.safetensors"), metadata=meta)
     if musiq_state is not None:
@@ -275,7 +280,7 @@ def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_s
         return
     assert len(images) == 1
     out = Image.open(host.workdir / "output" / images[0].get("subfolder", "") / images[0]["filename"])
-    scale = 4 if name.startswith("diffbir") else 2
+    scale = 4 if name.startswith("diffbir") and name != "diffbir_faces" else 2
     assert out.size == (36 * scale, 32 * scale)
 
 
