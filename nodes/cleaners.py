@@ -143,7 +143,7 @@ class RestorerLoader(io.ComfyNode):
                     "Weight dtype. auto = bf16 on GPUs that support it, otherwise fp32 (always fp32 on CPU). fp32 "
                     "is the most exact; fp16 is fastest on older GPUs but may overflow on some images.")),
             ],
-            outputs=[Restorer.Output("restorer", tooltip=(
+            outputs=[Restorer.Output("restorer", display_name="restorer", tooltip=(
                 "The SwinIR restorer (kept on the offload device until it runs); connect it to Stage-1 "
                 "Restore."))],
         )
@@ -336,7 +336,7 @@ class Stage1Restore(io.ComfyNode):
                     "Distance between tiles in pixels (at most tile_size); tile_size - tile_stride is the overlap "
                     "that is blended. DiffBIR: 512 / 256.")),
             ],
-            outputs=[io.Image.Output("restored", tooltip=(
+            outputs=[io.Image.Output("restored", display_name="restored", tooltip=(
                 "The restored RGB image, values in [0, 1], size = input size x output_scale."))],
         )
 

@@ -211,7 +211,8 @@ class CSFTLoader(io.ComfyNode):
             inputs=[io.Combo.Input("csft_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
                 "File in ComfyUI/models/diffbir holding CSFT weights (a whole AdaptBIR checkpoint works; only the "
                 "CSFT part is kept)."))],
-            outputs=[CSFTType.Output("csft", tooltip="The CSFT layers; connect them to CSFT Apply.")],
+            outputs=[CSFTType.Output("csft", display_name="csft",
+                tooltip="The CSFT layers; connect them to CSFT Apply.")],
         )
 
     @classmethod
@@ -250,7 +251,8 @@ class CSFTApply(io.ComfyNode):
                     "Per-image w from the IQA Classifier (overrides the w widget); the batch must be the sampled "
                     "batch.")),
             ],
-            outputs=[io.Model.Output("model_out", tooltip="A patched copy of the model with CSFT.")],
+            outputs=[io.Model.Output("model_out", display_name="model",
+                tooltip="A patched copy of the model with CSFT.")],
         )
 
     @classmethod

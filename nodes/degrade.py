@@ -82,9 +82,9 @@ class DegradeImage(io.ComfyNode):
                     "result is resized back to the input size (1 = no size loss). Ignored by the other pipelines.")),
             ],
             outputs=[
-                io.Image.Output("degraded", tooltip=(
+                io.Image.Output("degraded", display_name="degraded", tooltip=(
                     "The degraded image(s), same size as the input, values in [0, 1] (realesrgan: 8-bit levels).")),
-                io.String.Output("params", tooltip=(
+                io.String.Output("params", display_name="params", tooltip=(
                     "The sampled parameters, one line per image (#0, #1, ...): blur kernel and sigma, resize "
                     "factor, noise (8-bit units), JPEG quality.")),
             ],

@@ -141,13 +141,15 @@ class IQAClassifier(io.ComfyNode):
                     "exceeds it, which is faster but changes the score.")),
             ],
             outputs=[
-                RestoreParams.Output("params", tooltip=(
+                RestoreParams.Output("params", display_name="params", tooltip=(
                     "Per-image score, class, k and w; connect to Dual Encoder Interpolate or CSFT Apply so each "
                     "image of the batch gets its own settings.")),
-                io.Float.Output("k", tooltip="k of the first image (0..1)."),
-                io.Float.Output("w", tooltip="w (CSFT strength) of the first image."),
-                io.Float.Output("score", tooltip="MUSIQ score of the first image (higher is better)."),
-                io.String.Output("quality_class", tooltip="'severe', 'medium' or 'mild' for the first image."),
+                io.Float.Output("k", display_name="k", tooltip="k of the first image (0..1)."),
+                io.Float.Output("w", display_name="w", tooltip="w (CSFT strength) of the first image."),
+                io.Float.Output("score", display_name="score",
+                    tooltip="MUSIQ score of the first image (higher is better)."),
+                io.String.Output("quality_class", display_name="quality_class",
+                    tooltip="'severe', 'medium' or 'mild' for the first image."),
             ],
             hidden=[io.Hidden.unique_id],
         )

@@ -190,7 +190,7 @@ class IRControlNetLoader(io.ComfyNode):
             inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
                 "File in ComfyUI/models/diffbir. v2.pth works with SD 2.1-base; DiffBIR_v2.1.pt needs the "
                 "zero-terminal-SNR v-prediction SD 2.1 base."))],
-            outputs=[IRControlNetType.Output("control_net", tooltip=(
+            outputs=[IRControlNetType.Output("control_net", display_name="control_net", tooltip=(
                 "The IRControlNet; connect it to Apply IRControlNet."))],
         )
 
@@ -264,9 +264,11 @@ class ApplyIRControlNet(io.ComfyNode):
                 io.Vae.Input("vae", optional=True, tooltip="The SD VAE, needed when an image is connected."),
             ],
             outputs=[
-                io.Conditioning.Output("positive_out", tooltip="Positive conditioning carrying the control."),
-                io.Conditioning.Output("negative_out", tooltip="Negative conditioning carrying the control."),
-                RestoreCondition.Output("condition_out", tooltip=(
+                io.Conditioning.Output("positive_out", display_name="positive",
+                    tooltip="Positive conditioning carrying the control."),
+                io.Conditioning.Output("negative_out", display_name="negative",
+                    tooltip="Negative conditioning carrying the control."),
+                RestoreCondition.Output("condition_out", display_name="condition", tooltip=(
                     "The condition that was used (encoded here if an image was given), for the sampler's start "
                     "and guidance, colour fix and crop-back.")),
             ],

@@ -183,10 +183,10 @@ class DualEncoderInterpolate(io.ComfyNode):
                     "scales the result back to the input's size.")),
             ],
             outputs=[
-                io.Latent.Output("latent", tooltip=(
+                io.Latent.Output("latent", display_name="latent", tooltip=(
                     "The mixed latent in ComfyUI's raw VAE space (before post_quant_conv), usable by samplers "
                     "and VAE Decode; it remembers the original size (and any upscale) for Crop To Original.")),
-                RestoreCondition.Output("condition", tooltip=(
+                RestoreCondition.Output("condition", display_name="condition", tooltip=(
                     "The same mix for the IRControlNet/CSFT condition, in both hint conventions (DiffBIR: "
                     "0.18215 x latent; AdaptBIR: after post_quant_conv), with the padding record.")),
             ],
@@ -243,7 +243,7 @@ class CropToOriginal(io.ComfyNode):
                 RestoreCondition.Input("condition", optional=True, tooltip=(
                     "Or the condition output of Dual Encoder Interpolate.")),
             ],
-            outputs=[io.Image.Output("cropped", tooltip=(
+            outputs=[io.Image.Output("cropped", display_name="cropped", tooltip=(
                 "The image cropped (and, if it was upscaled before encoding, scaled back) to the original height "
                 "and width; channels and batch as given.")),
             ],

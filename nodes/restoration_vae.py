@@ -59,7 +59,7 @@ class RestorationVAELoader(io.ComfyNode):
                     "The checkpoint's own SD/SDXL VAE, needed when the file has only the restoration encoder "
                     "(its quant convs and decoder are used). Parts the file has take precedence.")),
             ],
-            outputs=[io.Vae.Output("restoration_vae", tooltip=(
+            outputs=[io.Vae.Output("restoration_vae", display_name="restoration_vae", tooltip=(
                 "A VAE that encodes with the restoration encoder and decodes like the checkpoint's VAE; connect "
                 "it to restoration_vae of Dual Encoder Interpolate."))],
             hidden=[io.Hidden.unique_id],

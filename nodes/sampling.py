@@ -114,7 +114,8 @@ class SpacedDDPMScheduler(io.ComfyNode):
                 io.Model.Input("model", tooltip="The SD 2.1 model (its noise schedule is used)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Number of sampling steps (DiffBIR: 50)."),
             ],
-            outputs=[io.Sigmas.Output("sigmas", tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas",
+                tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
         )
 
     @classmethod
@@ -172,7 +173,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
                 # listed last so the existing inputs keep their positions; shown and stored after block_size
                 *guidance_memory_inputs(),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
+            outputs=[io.Latent.Output("latent", display_name="latent",
+                tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
         )
 
     @classmethod
@@ -254,7 +256,8 @@ class ApplyRestorationGuidance(io.ComfyNode):
                 io.Image.Input("guide_image", tooltip="The guide: the stage-1 (cleaned) image."),
                 *guidance_inputs(default_scale=0.5),
             ],
-            outputs=[io.Model.Output("patched_model", tooltip="A copy of the model with the guidance patch.")],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                tooltip="A copy of the model with the guidance patch.")],
         )
 
     @classmethod
@@ -293,7 +296,8 @@ class ColorFix(io.ComfyNode):
                     "wavelet (DiffBIR's default): 5-level low band from the reference; adain: per-channel "
                     "mean/std matching.")),
             ],
-            outputs=[io.Image.Output("fixed", tooltip="The colour-corrected image, same size as the input.")],
+            outputs=[io.Image.Output("fixed", display_name="fixed",
+                tooltip="The colour-corrected image, same size as the input.")],
         )
 
     @classmethod

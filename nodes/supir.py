@@ -191,7 +191,8 @@ class SUPIRLoRA(io.ComfyNode):
                     "encoder), so adapter and UNet stay consistent. 0 = adapter untouched (SUPIR as released).")),
                 LoRAListType.Input("loras", optional=True, tooltip="LoRAs added before this one."),
             ],
-            outputs=[LoRAListType.Output("loras_out", tooltip="The list with this LoRA appended.")],
+            outputs=[LoRAListType.Output("loras_out", display_name="loras",
+                tooltip="The list with this LoRA appended.")],
         )
 
     @classmethod
@@ -234,12 +235,15 @@ class LoRASUPIRLoader(io.ComfyNode):
                 LoRAListType.Input("loras", optional=True, tooltip="LoRAs from a chain of SUPIR LoRA nodes."),
             ],
             outputs=[
-                io.Model.Output("model_out", tooltip="The SDXL model with the LoRAs (connect to SUPIR Apply)."),
-                io.Clip.Output("clip_out", tooltip="The CLIP with the LoRAs (None if no CLIP was connected)."),
-                io.Vae.Output("vae_out", tooltip="The SDXL VAE, unchanged, for decoding."),
-                SUPIRType.Output("supir", tooltip="SUPIR's adapter (with the LoRAs' adapter strengths) and its "
+                io.Model.Output("model_out", display_name="model",
+                    tooltip="The SDXL model with the LoRAs (connect to SUPIR Apply)."),
+                io.Clip.Output("clip_out", display_name="clip",
+                    tooltip="The CLIP with the LoRAs (None if no CLIP was connected)."),
+                io.Vae.Output("vae_out", display_name="vae", tooltip="The SDXL VAE, unchanged, for decoding."),
+                SUPIRType.Output("supir", display_name="supir",
+                    tooltip="SUPIR's adapter (with the LoRAs' adapter strengths) and its "
                                  "stage-1 encoder, for SUPIR Apply."),
-                io.Vae.Output("stage1_vae", tooltip=(
+                io.Vae.Output("stage1_vae", display_name="stage1_vae", tooltip=(
                     "SUPIR's denoise encoder as a VAE (decoder = the SDXL VAE's): restoration_vae of Dual "
                     "Encoder Interpolate, or decode its latent to see SUPIR's stage-1 result.")),
             ],
@@ -381,10 +385,12 @@ class SUPIRApply(io.ComfyNode):
                     "End control scale for w = 0 when params are connected.")),
             ],
             outputs=[
-                io.Model.Output("model_out", tooltip="A patched copy of the model running SUPIR at each step."),
-                io.Latent.Output("latent", tooltip=(
+                io.Model.Output("model_out", display_name="model",
+                    tooltip="A patched copy of the model running SUPIR at each step."),
+                io.Latent.Output("latent", display_name="latent", tooltip=(
                     "The stage-1 latent (padded size): the latent_image for KSampler at denoise 1.0.")),
-                RestoreCondition.Output("condition_out", tooltip="The condition used (crop-back, colour fix)."),
+                RestoreCondition.Output("condition_out", display_name="condition",
+                    tooltip="The condition used (crop-back, colour fix)."),
             ],
         )
 
@@ -455,8 +461,10 @@ class SUPIRConditioning(io.ComfyNode):
                     "Negative prompt (SUPIR's n_prompt).")),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Positive conditioning for the sampler."),
-                io.Conditioning.Output("negative", tooltip="Negative conditioning for the sampler."),
+                io.Conditioning.Output("positive", display_name="positive",
+                    tooltip="Positive conditioning for the sampler."),
+                io.Conditioning.Output("negative", display_name="negative",
+                    tooltip="Negative conditioning for the sampler."),
             ],
         )
 
@@ -491,7 +499,8 @@ class SUPIRSampler(io.ComfyNode):
                 io.Float.Input("s_noise", default=1.01, min=0.9, max=1.2, step=0.001, tooltip=(
                     "Scale of the added noise (SUPIR: 1.01; its quality preset 1.02, the wrapper 1.003).")),
             ],
-            outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustom's sampler input.")],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler",
+                tooltip="Connect to SamplerCustom's sampler input.")],
         )
 
     @classmethod

@@ -180,7 +180,7 @@ class TiledDiffusion(io.ComfyNode):
                     "Distance between tiles in image pixels (at most tile_size; DiffBIR: 256). tile_size - "
                     "tile_stride is the blended overlap; more overlap hides seams better and costs more passes.")),
             ],
-            outputs=[io.Model.Output("tiled_model", tooltip=(
+            outputs=[io.Model.Output("tiled_model", display_name="model", tooltip=(
                 "A copy of the model that is evaluated in tiles; the input model is not changed."))],
         )
 

@@ -41,10 +41,13 @@ class RouteByQuality(io.ComfyNode):
                     "applies to every image.")),
             ],
             outputs=[
-                io.Image.Output("severe", tooltip="Images classed 'severe' (low score); blocked when there are none."),
-                io.Image.Output("medium", tooltip="Images classed 'medium'; blocked when there are none."),
-                io.Image.Output("mild", tooltip="Images classed 'mild' (high score); blocked when there are none."),
-                io.String.Output("summary", tooltip=(
+                io.Image.Output("severe", display_name="severe",
+                    tooltip="Images classed 'severe' (low score); blocked when there are none."),
+                io.Image.Output("medium", display_name="medium",
+                    tooltip="Images classed 'medium'; blocked when there are none."),
+                io.Image.Output("mild", display_name="mild",
+                    tooltip="Images classed 'mild' (high score); blocked when there are none."),
+                io.String.Output("summary", display_name="summary", tooltip=(
                     "One line per input image: index, score and class (2 decimals), e.g. '#0 musiq=31.52 severe'.")),
             ],
         )
