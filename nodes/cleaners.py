@@ -26,6 +26,7 @@ from .common import (
     input_image,
     is_oom,
     load_weights,
+    missing_file_error,
     model_file_path,
     widget_bounds_error,
 )
@@ -147,6 +148,11 @@ class RestorerLoader(io.ComfyNode):
                 "The SwinIR restorer (kept on the offload device until it runs); connect it to Stage-1 "
                 "Restore."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, restorer_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error(RESTORER_FOLDER, restorer_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, restorer_name, precision="auto"):

@@ -27,6 +27,7 @@ from .common import (
     RestoreParams,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
 )
 from .ircontrolnet import CAT_CONTROL, FEATURES, WANT_FEATURES, IRControlNetType
@@ -214,6 +215,11 @@ class CSFTLoader(io.ComfyNode):
             outputs=[CSFTType.Output("csft", display_name="csft",
                 tooltip="The CSFT layers; connect them to CSFT Apply.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, csft_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("diffbir", csft_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, csft_name):

@@ -10,6 +10,7 @@ from .common import (
     PackError,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
     show_text_on_node,
 )
@@ -64,6 +65,11 @@ class RestorationVAELoader(io.ComfyNode):
                 "it to restoration_vae of Dual Encoder Interpolate."))],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("diffbir", ckpt_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, vae=None):

@@ -21,6 +21,7 @@ from .common import (
     RestoreParams,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
 )
 from .latent import CROP_KEY, encode, encode_condition_image
@@ -196,6 +197,11 @@ class SUPIRLoRA(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("loras", lora_name) or True
+
+    @classmethod
     def fingerprint_inputs(cls, lora_name, **kwargs):
         # LoRA SUPIR Loader reads the file: a changed file re-runs this node and so everything after it
         return file_fingerprint("loras", lora_name)
@@ -248,6 +254,11 @@ class LoRASUPIRLoader(io.ComfyNode):
                     "Encoder Interpolate, or decode its latent to see SUPIR's stage-1 result.")),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, supir_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("supir", supir_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, supir_name, **kwargs):
