@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc
-from ..modules.schedules import q_sample_start, spaced_sigmas
+from ..modules.schedules import q_sample_start, rescaled_cfg_scale, spaced_sigmas
 from .common import (
     CAT_IMAGE,
     PackError,
@@ -44,6 +44,22 @@ def model_alphas_cumprod(model) -> torch.Tensor:
 
 def diffbir_sigmas(model, steps: int) -> torch.Tensor:
     return spaced_sigmas(model_alphas_cumprod(model), steps)
+
+
+def with_rescaled_cfg(model):
+    """A copy of ``model`` whose CFG scale follows DiffBIR v2.1's rescaled schedule over the model timestep t of
+    each step, cfg(t) = 1 + cfg * (1 - cos(pi * ((1000 - t) / 1000) ** 5)) / 2 (only when cfg > 1, as in DiffBIR)."""
+    ms = model.get_model_object("model_sampling")
+    total = int(getattr(ms, "sigmas", torch.zeros(1000)).numel())
+
+    def cfg_function(args):
+        t = float(ms.timestep(args["sigma"][:1].float().cpu())[0])
+        scale = rescaled_cfg_scale(float(args["cond_scale"]), t, total)
+        return args["uncond"] + (args["cond"] - args["uncond"]) * scale
+
+    m = model.clone()
+    m.set_model_sampler_cfg_function(cfg_function)
+    return m
 
 
 def guidance_inputs(default_scale: float, memory: bool = True) -> list:
@@ -172,6 +188,10 @@ class RestorationGuidanceSampler(io.ComfyNode):
                     "(before or after padding to 64).")),
                 # listed last so the existing inputs keep their positions; shown and stored after block_size
                 *guidance_memory_inputs(),
+                io.Boolean.Input("rescale_cfg", default=False, optional=True, tooltip=(
+                    "DiffBIR v2.1's rescaled CFG: the scale grows over sampling from about 1 at the noisiest step "
+                    "to about 1 + cfg at the last, cfg(t) = 1 + cfg * (1 - cos(pi * ((1000 - t) / 1000)^5)) / 2 "
+                    "at model timestep t. Only when cfg > 1. Off = a constant cfg.")),
             ],
             outputs=[io.Latent.Output("latent", display_name="latent",
                 tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
@@ -186,7 +206,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
                 sampler_name="ddpm", scheduler=SPACED, guidance_scale=0.0, g_start=1001, g_stop=-1, g_repeat=1,
                 g_space="rgb", g_loss="w_mse", block_size=2, condition=None, guide_image=None, g_memory="auto",
-                g_precision="auto", g_tile_size=512) -> io.NodeOutput:
+                g_precision="auto", g_tile_size=512, rescale_cfg=False) -> io.NodeOutput:
         import comfy.sample
         import comfy.samplers
         import latent_preview
@@ -228,6 +248,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
             x_t = q_sample_start(c, noise, model_alphas_cumprod(model), t=999)
             latent, noise = lf.process_out(x_t), torch.zeros_like(noise)
 
+        if rescale_cfg:
+            m = with_rescaled_cfg(m)
         m = set_tiling(m.clone(), replace=False)  # out-of-memory falls back to latent tiles (unless tiled)
         callback = latent_preview.prepare_callback(m, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(
