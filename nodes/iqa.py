@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 from ..modules import iqa as iqa_mod
 from ..modules.image_ops import downscale_max_side, upscale_min_side
 from ..modules.weights_kind import identify_weights
+from .aliases import aliases_for
 from .common import (
     CAT_QUALITY,
     PackError,
@@ -118,9 +119,11 @@ class IQAClassifier(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_IQAClassifier",
+            **aliases_for("AdaptBIR_IQAClassifier"),
             display_name="IQA Classifier (MUSIQ)",
             category=CAT_QUALITY,
             description=(
+                "Rates how damaged each photo is (a quality score) and picks how strongly to restore it. "
                 "Scores every image of the batch with MUSIQ (pyiqa) and turns the score into AdaptBIR's restoration "
                 "settings: the quality class, k (how much of the SD encoder's latent to mix in) and w (CSFT "
                 "strength). Low quality -> severe (k=0, w=0, rely on the restorer); high quality -> mild (keep "

@@ -12,6 +12,7 @@ from comfy_api.latest import io
 
 from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
 from ..modules.schedules import noise_augment
+from .aliases import aliases_for
 from .common import (
     PackError,
     RestoreCondition,
@@ -23,6 +24,7 @@ from .common import (
     show_text_on_node,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 from .latent import encode_condition_image
 from .tiled_sampling import crop_condition, current_tile
 
@@ -229,17 +231,18 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
 class IRControlNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_IRControlNetLoader",
+            **aliases_for("AdaptBIR_IRControlNetLoader"),
             display_name="Load IRControlNet (DiffBIR/AdaptBIR)",
             category=CAT_CONTROL,
             description=(
+                "Loads DiffBIR's restoration control, which keeps a restored photo faithful to the input. "
                 "Loads DiffBIR's IRControlNet (v1_general.pth, v1_face.pth, v2.pth, DiffBIR_v2.1.pt, the legacy "
                 "full v1 checkpoints) or the control branch of an AdaptBIR checkpoint from models/diffbir. The "
                 "kind is recognised from the weights, not the file name; only tensors are read, no code runs."),
-            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+            inputs=[io.Combo.Input("control_net_name", options=loader_options("diffbir", "ircontrolnet"), tooltip=(
                 "File in ComfyUI/models/diffbir. v2.pth works with SD 2.1-base; DiffBIR_v2.1.pt needs the "
                 "zero-terminal-SNR v-prediction SD 2.1 base."))],
             outputs=[IRControlNetType.Output("control_net", display_name="control_net", tooltip=(
@@ -293,9 +296,11 @@ class ApplyIRControlNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ApplyIRControlNet",
+            **aliases_for("AdaptBIR_ApplyIRControlNet"),
             display_name="Apply IRControlNet",
             category=CAT_CONTROL,
             description=(
+                "Makes diffusion restore your photo instead of inventing a new one (DiffBIR's control). "
                 "Attaches DiffBIR's IRControlNet to the positive and negative conditioning, like ComfyUI's "
                 "Apply ControlNet: at each step it reads the noisy latent together with the condition latent of "
                 "the cleaned image and adds its outputs to the UNet's skips. Works with the stock KSampler and "
@@ -323,7 +328,8 @@ class ApplyIRControlNet(io.ComfyNode):
                     "Adds noise to the condition as the diffusion forward process does at this model timestep "
                     "(DiffBIR v2.1's noise augmentation; v2.1 was trained with 200). The same noisy condition goes "
                     "to positive and negative. 0 = off (DiffBIR v2, AdaptBIR).")),
-                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True, tooltip=(
+                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True,
+                             control_after_generate=True, tooltip=(
                     "Seed of the noise_aug noise (the same seed gives the same noisy condition).")),
             ],
             outputs=[

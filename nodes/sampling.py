@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc
 from ..modules.schedules import q_sample_start, rescaled_cfg_scale, spaced_sigmas
+from .aliases import aliases_for
 from .common import (
     CAT_IMAGE,
     PackError,
@@ -121,9 +122,11 @@ class SpacedDDPMScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SpacedDDPMScheduler",
+            **aliases_for("AdaptBIR_SpacedDDPMScheduler"),
             display_name="Spaced DDPM Scheduler (DiffBIR)",
             category=CAT_SAMPLING,
             description=(
+                "The step schedule DiffBIR restores photos with. "
                 "DiffBIR's spaced schedule: N of the model's 1000 timesteps chosen by IDDPM's respacing. With "
                 "ComfyUI's 'ddpm' sampler in SamplerCustom this is exactly DiffBIR's spaced sampler."),
             inputs=[
@@ -153,9 +156,11 @@ class RestorationGuidanceSampler(io.ComfyNode):
 
         return io.Schema(
             node_id="AdaptBIR_RestorationGuidanceSampler",
+            **aliases_for("AdaptBIR_RestorationGuidanceSampler"),
             display_name="Restoration Guidance Sampler (DiffBIR)",
             category=CAT_SAMPLING,
             description=(
+                "Restores the photo step by step, keeping colours and shapes faithful to the cleaned image. "
                 "Samples like KSampler, with DiffBIR's region-adaptive restoration guidance: at each step the "
                 "predicted image is pulled toward the guide (the cleaned stage-1 image), strongly in flat regions "
                 "and weakly on edges and texture, so the result stays faithful without losing generated detail. "
@@ -265,9 +270,11 @@ class ApplyRestorationGuidance(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ApplyRestorationGuidance",
+            **aliases_for("AdaptBIR_ApplyRestorationGuidance"),
             display_name="Apply Restoration Guidance (model patch)",
             category=CAT_SAMPLING,
             description=(
+                "Keeps a restoration's colours and shapes faithful to the cleaned photo, with any sampler. "
                 "DiffBIR's region-adaptive restoration guidance as a model patch, for the stock KSampler, "
                 "SamplerCustom or any other sampler: each step's predicted image is pulled toward the guide. "
                 "Returns a patched copy of the model; the input model is not changed. The guide must have the "
@@ -304,9 +311,11 @@ class ColorFix(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ColorFix",
+            **aliases_for("AdaptBIR_ColorFix"),
             display_name="Colour Fix (wavelet / AdaIN)",
             category=CAT_IMAGE,
             description=(
+                "Removes colour shifts from a restored photo. "
                 "Corrects colour shifts of the diffusion result using the stage-1 image, as DiffBIR and SUPIR do: "
                 "wavelet keeps the result's fine detail and takes the low-frequency colour from the reference; "
                 "AdaIN matches each channel's mean and spread."),

@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from ..modules.supir import restore_toward_center, split_supir_state_dict
 from ..modules.vae_layout import restoration_vae_state_dict
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -24,6 +25,7 @@ from .common import (
     missing_file_error,
     model_file_path,
 )
+from .file_lists import loader_options
 from .latent import CROP_KEY, encode, encode_condition_image
 from .restoration_vae import build_vae
 from .supir_model import (
@@ -175,9 +177,11 @@ class SUPIRLoRA(io.ComfyNode):
 
         return io.Schema(
             node_id="AdaptBIR_SUPIRLoRA",
+            **aliases_for("AdaptBIR_SUPIRLoRA"),
             display_name="SUPIR LoRA",
             category=CAT_SUPIR,
             description=(
+                "Adds a LoRA (a face or landscape style...) to SUPIR's photo restoration. "
                 "Adds one LoRA (a usual ComfyUI LoRA file) to the list that LoRA SUPIR Loader applies. Chain several "
                 "to stack them (e.g. a face and a landscape LoRA); they are applied in chain order."),
             inputs=[
@@ -217,13 +221,14 @@ class SUPIRLoRA(io.ComfyNode):
 class LoRASUPIRLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_LoRASUPIRLoader",
+            **aliases_for("AdaptBIR_LoRASUPIRLoader"),
             display_name="LoRA SUPIR Loader",
             category=CAT_SUPIR,
             description=(
+                "Loads SUPIR, the SDXL photo restorer and upscaler, onto your SDXL checkpoint. "
                 "Loads SUPIR (v0Q or v0F; original .ckpt or fp16 pruned .safetensors) from models/supir on top of "
                 "the SDXL model, CLIP and VAE of your checkpoint loader, and applies a list of LoRAs with ComfyUI's "
                 "own LoRA loading. The SDXL weights are never replaced: SUPIR's adapter runs beside the UNet as a "
@@ -234,7 +239,7 @@ class LoRASUPIRLoader(io.ComfyNode):
                                "Juggernaut-XL or SDXL base 1.0). LoRAs applied before this node are kept."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE; its quant convs and decoder complete SUPIR's denoise "
                              "encoder."),
-                io.Combo.Input("supir_name", options=folder_paths.get_filename_list("supir"), tooltip=(
+                io.Combo.Input("supir_name", options=loader_options("supir", "supir"), tooltip=(
                     "SUPIR file in ComfyUI/models/supir: SUPIR-v0Q (general, default) or SUPIR-v0F (light "
                     "degradations, keeps more detail).")),
                 io.Clip.Input("clip", optional=True, tooltip="The SDXL CLIP, for the LoRAs' strength_clip."),
@@ -353,9 +358,11 @@ class SUPIRApply(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRApply",
+            **aliases_for("AdaptBIR_SUPIRApply"),
             display_name="SUPIR Apply",
             category=CAT_SUPIR,
             description=(
+                "Restores and upscales a damaged photo with SUPIR on your SDXL model. "
                 "Encodes the low-quality image with SUPIR's denoise encoder (or takes a Dual Encoder Interpolate "
                 "condition) and patches the model so that every sampling step runs SUPIR's adapter on it. Sample "
                 "the returned latent with the stock KSampler (denoise 1.0; SUPIR: 'SUPIR EDM Sampler' + scheduler "
@@ -456,9 +463,11 @@ class SUPIRConditioning(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRConditioning",
+            **aliases_for("AdaptBIR_SUPIRConditioning"),
             display_name="SUPIR Conditioning",
             category=CAT_SUPIR,
             description=(
+                "Writes the prompts SUPIR restores photos with. "
                 "Encodes SUPIR's prompts with the SDXL CLIP: positive = caption followed directly by the quality "
                 "prompt (as SUPIR does), negative = the negative prompt; SDXL size conditioning 1024 x 1024, crop "
                 "0 (what SUPIR feeds). Defaults are SUPIR's own prompts."),
@@ -498,9 +507,11 @@ class SUPIRSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRSampler",
+            **aliases_for("AdaptBIR_SUPIRSampler"),
             display_name="SUPIR EDM Sampler",
             category=CAT_SUPIR,
             description=(
+                "The sampler SUPIR restores photos with. "
                 "SUPIR's restoration EDM sampler as a ComfyUI SAMPLER for SamplerCustom: Euler with churn "
                 "(gamma = min(s_churn / steps, sqrt(2) - 1) extra noise of scale s_noise at every step). Use it "
                 "with the 'normal' scheduler (SUPIR's evenly spaced DDPM steps), 50 steps."),

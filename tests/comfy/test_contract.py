@@ -124,3 +124,26 @@ def test_every_patching_node_has_a_non_mutation_check(pack_nodes):
     for node_id in patching:
         module, func = CHECKED_PATCHING_NODES[node_id]
         assert callable(getattr(importlib.import_module(module), func, None)), (node_id, module, func)
+
+
+def test_search_aliases_cover_every_node_and_the_artists_words(pack, pack_nodes):
+    """Node search should find the pack by the words artists use; the aliases reach the schema only where the
+    host's V3 schema has a search_aliases field (detected by feature; ComfyUI 0.3.75 has none)."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    aliases = pack("nodes.aliases").ALIASES
+    assert set(aliases) == set(pack_nodes)
+    words = {w.lower() for ws in aliases.values() for w in ws}
+    assert {"upscale", "face", "denoise", "deblur", "restore", "enhance", "supir", "diffbir", "adaptbir",
+            "iqa"} <= words
+    for word in ("diffbir",):  # "DiffBIR" finds Apply IRControlNet, Stage-1 Restore and Colour Fix
+        for node_id in ("AdaptBIR_ApplyIRControlNet", "AdaptBIR_Stage1Restore", "AdaptBIR_ColorFix"):
+            assert word in {w.lower() for w in aliases[node_id]}, node_id
+    supported = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
+    kwargs = pack("nodes.host").search_aliases(["restore"])
+    assert kwargs == ({"search_aliases": ["restore"]} if supported else {})
+    for node_id, cls in pack_nodes.items():
+        if supported:
+            assert list(cls.GET_SCHEMA().search_aliases) == aliases[node_id]
