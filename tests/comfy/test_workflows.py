@@ -234,7 +234,7 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
             const out = app.nodeOutputs && app.nodeOutputs["{save_id}"];
             const n = app.graph.getNodeById({save_id});
             return out && out.images && out.images.length === 1 && n.imgs && n.imgs.length > 0 && n.imgs[0].complete;
-        }}""", timeout=120_000)
+        }}""", timeout=300_000)  # a tiny 2-step run took 120 s on a loaded 2-core machine
         res["shown"] = page.evaluate(f"() => app.graph.getNodeById({save_id}).imgs[0].src")
         close_dialogs(page, settle_ms=400)
         page.wait_for_timeout(300)
