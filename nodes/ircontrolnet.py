@@ -29,6 +29,7 @@ from .latent import encode_condition_image
 from .tiled_sampling import crop_condition, current_tile
 
 CAT_CONTROL = "restoration/control"
+log = logging.getLogger(__name__)
 IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
 SD_LATENT_SCALE = 0.18215  # DiffBIR's hint: 0.18215 x the SD 2.1 VAE posterior mode
 HINT_CONVENTIONS = ["auto", "diffbir", "adaptbir"]
@@ -180,7 +181,7 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         self.model_sampling_current = model.model_sampling
         warning = zsnr_warning(self.name, model.model_sampling)
         if warning:
-            logging.warning("[AdaptBIR] %s", warning)
+            log.warning("[AdaptBIR] %s", warning)
             try:
                 from server import PromptServer
 

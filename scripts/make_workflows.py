@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "nodes"))
-import manifest  # noqa: E402  (nodes/manifest.py: plain Python, no ComfyUI)
+import manifest  # nodes/manifest.py: plain Python, no ComfyUI (imported after the path is set)
 
 
 def model(name: str, folder: str) -> list[dict]:

@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[2]

@@ -44,7 +44,10 @@ def test_each_loader_lists_the_files_of_its_kind(host, tiny, tmp_path):
     csft = _options(host, "AdaptBIR_CSFTLoader", "csft_name")
     restorer = _options(host, "AdaptBIR_RestorerLoader", "restorer_name")
     rvae = _options(host, "AdaptBIR_RestorationVAELoader", "ckpt_name")
-    mine = lambda opts: [o for o in opts if o.startswith("lst_")]  # noqa: E731
+
+    def mine(opts):
+        return [o for o in opts if o.startswith("lst_")]
+
     assert mine(irc) == ["lst_control.safetensors", "lst_mystery.ckpt", "lst_unknown.safetensors"]
     assert mine(csft) == ["lst_layers.safetensors", "lst_mystery.ckpt", "lst_unknown.safetensors"]
     assert mine(restorer) == ["lst_cleaner.safetensors", "lst_realesrgan_swinir.pth", "lst_mystery.ckpt",
