@@ -5,15 +5,20 @@ compares against): widget values are stored in the order of the node's widget in
 an INT with ``control_after_generate`` (by default: an INT named seed or noise_seed) is followed by its control
 value, an image-upload combo by the upload widget's value; an input connected by a link takes the link's source
 ``[node id, output slot]`` (a widget converted to an input keeps its stored value, unused); muted nodes (mode 2)
-are left out. Bypassed nodes (mode 4), reroutes and other page-only nodes are refused with a clear error rather
-than guessed.
+and notes are left out. Bypassed nodes (mode 4), reroutes and other page-only nodes are refused with a clear error
+rather than guessed.
 """
 
 from __future__ import annotations
 
 import os
 
+from ..nodes.manifest import entry as manifest_entry
+from ..nodes.manifest import where_to_get
+
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+# the page's note nodes: text on the canvas, left out of the prompt like the page does (virtual nodes)
+PAGE_NOTES = ("Note", "MarkdownNote")
 
 
 class WorkflowError(ValueError):
@@ -52,7 +57,7 @@ def to_prompt(workflow: dict, node_classes: dict) -> dict:
     prompt = {}
     for node in workflow["nodes"]:
         nid, ntype, mode = node.get("id"), node.get("type"), node.get("mode", 0)
-        if mode == 2:
+        if mode == 2 or ntype in PAGE_NOTES:
             continue
         if mode == 4:
             raise WorkflowError(f"node {nid} ({ntype}): bypassed nodes are not supported by the batch runner; "
@@ -104,8 +109,13 @@ def missing_models(workflow: dict) -> list[dict]:
 
 
 def describe_missing(missing: list[dict]) -> str:
-    lines = [f"  - {m.get('name')}  ->  ComfyUI/models/{m.get('directory')}/  (download: {m.get('url')})"
-             for m in missing]
+    """One line per missing file: name, folder and where to get it (the models manifest's source or how to make
+    it; the workflow's own URL for a file the manifest does not know)."""
+    lines = []
+    for m in missing:
+        name, folder = m.get("name"), m.get("directory")
+        source = where_to_get(folder, name) if manifest_entry(folder, name) else f"download: {m.get('url')}"
+        lines.append(f"  - {name}  ->  ComfyUI/models/{folder}/  ({source})")
     return "missing model files; download each into its folder:\n" + "\n".join(lines)
 
 

@@ -233,3 +233,32 @@ def q_sample_start(cond_latent: torch.Tensor, noise: torch.Tensor, alphas_cumpro
     if not math.isfinite(sigma):
         raise ValueError(f"t: sigma at timestep {t} is not finite")
     return cond_latent + sigma * noise.to(cond_latent.dtype)
+
+
+def noise_augment(cond_latent: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+                  t: int) -> torch.Tensor:
+    """DiffBIR v2.1's noise augmentation of the condition latent: the forward process q(x_t | x_0) at ``t``,
+    sqrt(abar_t) * c + sqrt(1 - abar_t) * noise (DiffBIR ``noise_aug``; v2.1 was trained with t = 200). ``t`` = 0
+    returns ``cond_latent`` unchanged.
+
+    Args: cond_latent, noise float tensors of equal shape (the hint latent, e.g. 0.18215 x the VAE latent for
+        DiffBIR weights); alphas_cumprod (T,) of the model's schedule; t int in [0, T).
+    Returns: a tensor of cond_latent's shape and dtype.
+    """
+    if t <= 0:
+        return cond_latent
+    if not 0 < t < alphas_cumprod.numel():
+        raise ValueError(f"noise_aug: expected a timestep in [0, {alphas_cumprod.numel() - 1}], found {t}")
+    abar = float(alphas_cumprod[int(t)])
+    out = math.sqrt(abar) * cond_latent.double() + math.sqrt(1.0 - abar) * noise.double()
+    return out.to(cond_latent.dtype)
+
+
+def rescaled_cfg_scale(cfg: float, t: float, num_timesteps: int = 1000) -> float:
+    """DiffBIR v2.1's rescaled CFG: at model timestep ``t`` (0 = clean, T - 1 = noisiest) the scale is
+    1 + cfg * (1 - cos(pi * ((T - t) / T) ** 5)) / 2, so it starts near 1 at the noisy end and reaches about
+    1 + cfg at the clean end. DiffBIR applies it only when cfg > 1; otherwise ``cfg`` is returned."""
+    if cfg <= 1:
+        return float(cfg)
+    frac = (num_timesteps - float(t)) / num_timesteps
+    return 1.0 + cfg * (1.0 - math.cos(math.pi * frac ** 5.0)) / 2.0

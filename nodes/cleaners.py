@@ -18,6 +18,7 @@ from ..modules.swinir import (
 )
 from ..modules.tiling import count_tiles, tiled_apply
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -26,9 +27,11 @@ from .common import (
     input_image,
     is_oom,
     load_weights,
+    missing_file_error,
     model_file_path,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 
 CAT_STAGE1 = f"{CATEGORY_ROOT}/stage1"
 RESTORER_FOLDER = "diffbir"
@@ -113,12 +116,8 @@ def load_restorer(name: str, precision: str = "auto"):
 
 
 def _restorer_options() -> list[str]:
-    import folder_paths
 
-    try:
-        return folder_paths.get_filename_list(RESTORER_FOLDER)
-    except KeyError:
-        return []
+    return loader_options(RESTORER_FOLDER, "restorer")
 
 
 class RestorerLoader(io.ComfyNode):
@@ -126,9 +125,11 @@ class RestorerLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_RestorerLoader",
+            **aliases_for("AdaptBIR_RestorerLoader"),
             display_name="Load Stage-1 Restorer",
             category=CAT_STAGE1,
             description=(
+                "Loads a cleaner that removes noise, blur and JPEG artefacts from photos (DiffBIR's stage 1). "
                 "Loads a DiffBIR stage-1 restorer (SwinIR: general_swinir_v1.ckpt, face_swinir_v1.ckpt, "
                 "realesrgan_s4_swinir_100k.pth, codeformer_swinir.ckpt, or a safetensors conversion) from "
                 "ComfyUI/models/diffbir. It removes noise, blur and compression from an image without changing its "
@@ -143,10 +144,15 @@ class RestorerLoader(io.ComfyNode):
                     "Weight dtype. auto = bf16 on GPUs that support it, otherwise fp32 (always fp32 on CPU). fp32 "
                     "is the most exact; fp16 is fastest on older GPUs but may overflow on some images.")),
             ],
-            outputs=[Restorer.Output("restorer", tooltip=(
+            outputs=[Restorer.Output("restorer", display_name="restorer", tooltip=(
                 "The SwinIR restorer (kept on the offload device until it runs); connect it to Stage-1 "
                 "Restore."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, restorer_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error(RESTORER_FOLDER, restorer_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, restorer_name, precision="auto"):
@@ -306,9 +312,12 @@ class Stage1Restore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_Stage1Restore",
+            **aliases_for("AdaptBIR_Stage1Restore"),
             display_name="Stage-1 Restore",
             category=CAT_STAGE1,
             description=(
+                "Cleans up a damaged photo (noise, blur, JPEG artefacts) and can upscale it, before diffusion "
+                "adds detail. "
                 "DiffBIR's stage 1: removes degradations with a restorer before diffusion. Connect exactly one of "
                 "restorer (a SwinIR from Load Stage-1 Restorer; DiffBIR v1/v2.1: the image is bicubically resized "
                 "by output_scale first, then restored at that size) or upscale_model (e.g. BSRNet x4 or SCUNet "
@@ -336,7 +345,7 @@ class Stage1Restore(io.ComfyNode):
                     "Distance between tiles in pixels (at most tile_size); tile_size - tile_stride is the overlap "
                     "that is blended. DiffBIR: 512 / 256.")),
             ],
-            outputs=[io.Image.Output("restored", tooltip=(
+            outputs=[io.Image.Output("restored", display_name="restored", tooltip=(
                 "The restored RGB image, values in [0, 1], size = input size x output_scale."))],
         )
 

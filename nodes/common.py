@@ -9,6 +9,7 @@ import re
 from comfy_api.latest import io
 
 from ..modules.image_ops import to_rgb_bchw
+from .manifest import where_to_get
 
 CATEGORY_ROOT = "restoration"
 CAT_QUALITY = f"{CATEGORY_ROOT}/quality"
@@ -35,7 +36,8 @@ def check_model_file_name(folder: str, filename: str) -> None:
 
 
 def model_file_path(folder: str, filename: str) -> str:
-    """Resolve ``filename`` inside ComfyUI model folder ``folder`` (never outside it), or raise PackError."""
+    """Resolve ``filename`` inside ComfyUI model folder ``folder`` (never outside it), or raise PackError naming
+    the folders searched and where to get the file (from the models manifest)."""
     import folder_paths
 
     check_model_file_name(folder, filename)
@@ -43,8 +45,22 @@ def model_file_path(folder: str, filename: str) -> str:
     if path is None or not os.path.isfile(path):
         dirs = folder_paths.get_folder_paths(folder) if folder in folder_paths.folder_names_and_paths else []
         raise PackError(f"model file '{filename}' was not found in the '{folder}' model folder "
-                        f"(searched: {', '.join(dirs) or 'no folder registered'})")
+                        f"(searched: {', '.join(dirs) or 'no folder registered'}); {where_to_get(folder, filename)}")
     return path
+
+
+def missing_file_error(folder: str, filename) -> str | None:
+    """For a loader's ``validate_inputs``: the message :func:`model_file_path` would raise for ``filename`` (a
+    path outside the folder, or a file that is not there, with where to get it), or None when the file is there
+    or the input is linked (None while the prompt is validated). ComfyUI 0.3.75 does not check V3 combo values,
+    so without this a missing file would surface only when its node runs, one per run."""
+    if filename is None:
+        return None
+    try:
+        model_file_path(folder, filename)
+    except PackError as e:
+        return str(e)
+    return None
 
 
 def file_fingerprint(folder: str, filename: str):

@@ -22,13 +22,16 @@ from ..modules.csft import (
     csft_state_dict_from_checkpoint,
 )
 from ..modules.weights_kind import identify_weights
+from .aliases import aliases_for
 from .common import (
     PackError,
     RestoreParams,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
 )
+from .file_lists import loader_options
 from .ircontrolnet import CAT_CONTROL, FEATURES, WANT_FEATURES, IRControlNetType
 from .tiled_sampling import set_tiling
 
@@ -198,21 +201,28 @@ def patch_model(model, csft: CSFTWeights, w: torch.Tensor):
 class CSFTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_CSFTLoader",
+            **aliases_for("AdaptBIR_CSFTLoader"),
             display_name="Load CSFT (AdaptBIR)",
             category=CAT_CONTROL,
             description=(
+                "Loads AdaptBIR's fidelity layers, which keep more of a mildly damaged photo. "
                 "Loads AdaptBIR's CSFT layers (13 cft_blocks + 3 upsample_layers) from models/diffbir: an AdaptBIR "
                 "stage-3 checkpoint (model.diffusion_model.cft_blocks.*) or a file trained with this pack's "
                 "stage-III command. Recognised from the weights; only tensors are read, no code runs."),
-            inputs=[io.Combo.Input("csft_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+            inputs=[io.Combo.Input("csft_name", options=loader_options("diffbir", "csft"), tooltip=(
                 "File in ComfyUI/models/diffbir holding CSFT weights (a whole AdaptBIR checkpoint works; only the "
                 "CSFT part is kept)."))],
-            outputs=[CSFTType.Output("csft", tooltip="The CSFT layers; connect them to CSFT Apply.")],
+            outputs=[CSFTType.Output("csft", display_name="csft",
+                tooltip="The CSFT layers; connect them to CSFT Apply.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, csft_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("diffbir", csft_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, csft_name):
@@ -230,9 +240,11 @@ class CSFTApply(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_CSFTApply",
+            **aliases_for("AdaptBIR_CSFTApply"),
             display_name="CSFT Apply",
             category=CAT_CONTROL,
             description=(
+                "Keeps more of a mildly damaged photo's own detail while diffusion restores it. "
                 "AdaptBIR's second control phase: at every step, scales and shifts the UNet decoder features "
                 "with the IRControlNet's features of the same step, F' = F + w * (GroupNorm(F) * alpha + beta). "
                 "Higher w keeps more of a mildly degraded input; w = 0 is exactly no CSFT. Returns a patched copy "
@@ -250,7 +262,8 @@ class CSFTApply(io.ComfyNode):
                     "Per-image w from the IQA Classifier (overrides the w widget); the batch must be the sampled "
                     "batch.")),
             ],
-            outputs=[io.Model.Output("model_out", tooltip="A patched copy of the model with CSFT.")],
+            outputs=[io.Model.Output("model_out", display_name="model",
+                tooltip="A patched copy of the model with CSFT.")],
         )
 
     @classmethod

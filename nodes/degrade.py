@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..modules.degradations import codeformer_degrade, mild_degrade, realesrgan_degrade
 from ..modules.image_ops import to_bhwc
+from .aliases import aliases_for
 from .common import CAT_IMAGE, PackError, check_interrupt, input_image
 
 # option -> (pipeline, CodeFormer preset). The option names are stored in saved workflows: never rename them.
@@ -61,9 +62,11 @@ class DegradeImage(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_DegradeImage",
+            **aliases_for("AdaptBIR_DegradeImage"),
             display_name="Degrade Image (synthetic LQ)",
             category=CAT_IMAGE,
             description=(
+                "Damages a clean photo on purpose (blur, noise, JPEG) to test restorers against the original. "
                 "Makes a synthetic low-quality version of a clean image with the random degradations restorers are "
                 "trained on (blur, resize, noise, JPEG), so restorers can be compared against known ground truth. "
                 "The result keeps the input size. Seeded: the same seed, pipeline and image give bit-identical "
@@ -82,9 +85,9 @@ class DegradeImage(io.ComfyNode):
                     "result is resized back to the input size (1 = no size loss). Ignored by the other pipelines.")),
             ],
             outputs=[
-                io.Image.Output("degraded", tooltip=(
+                io.Image.Output("degraded", display_name="degraded", tooltip=(
                     "The degraded image(s), same size as the input, values in [0, 1] (realesrgan: 8-bit levels).")),
-                io.String.Output("params", tooltip=(
+                io.String.Output("params", display_name="params", tooltip=(
                     "The sampled parameters, one line per image (#0, #1, ...): blur kernel and sigma, resize "
                     "factor, noise (8-bit units), JPEG quality.")),
             ],

@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 from ..modules import iqa as iqa_mod
 from ..modules.image_ops import downscale_max_side, upscale_min_side
 from ..modules.weights_kind import identify_weights
+from .aliases import aliases_for
 from .common import (
     CAT_QUALITY,
     PackError,
@@ -22,9 +23,9 @@ from .common import (
     show_text_on_node,
     widget_bounds_error,
 )
+from .manifest import where_to_get
 
 IQA_FOLDER = "iqa"
-WEIGHTS_SOURCE = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights"
 AUTO = "auto"
 MUSIQ_MIN_SIDE = 32  # one MUSIQ patch
 
@@ -83,19 +84,34 @@ def resolve_musiq_weights(variant: str, weights: str) -> str:
         dirs = folder_paths.get_folder_paths(IQA_FOLDER)
         raise PackError(
             f"MUSIQ weights '{filename}' for metric '{variant}' were not found in the '{IQA_FOLDER}' model folder "
-            f"({', '.join(dirs)}). Download '{filename}' from {WEIGHTS_SOURCE} and put it in "
-            f"ComfyUI/models/{IQA_FOLDER}/ (the pack never downloads weights itself).")
+            f"({', '.join(dirs)}): {where_to_get(IQA_FOLDER, filename)} (the pack never downloads weights itself).")
     return path
 
 
+DEFAULT_WEIGHTS = iqa_mod.MUSIQ_VARIANTS["musiq"][1]  # the widget names a real file (the page's download dialog)
+
+
 def _weights_options() -> list[str]:
+    """'auto', the default metric's file (listed even before it is downloaded: queuing then names its download),
+    then the files of the iqa folder."""
     import folder_paths
 
     try:
         files = folder_paths.get_filename_list(IQA_FOLDER)
     except KeyError:
         files = []
-    return [AUTO] + [f for f in files if f != AUTO]
+    return list(dict.fromkeys([AUTO, DEFAULT_WEIGHTS, *files]))
+
+
+def metric_file_error(metric: str, weights) -> str | None:
+    """The message when ``weights`` is pyiqa's published file of another MUSIQ metric than ``metric`` (it would
+    load and score on the wrong scale silently), else None."""
+    for other, spec in iqa_mod.MUSIQ_VARIANTS.items():
+        if weights == spec[1] and other != metric:
+            return (f"weights: expected pyiqa's file for metric '{metric}' "
+                    f"({iqa_mod.MUSIQ_VARIANTS[metric][1]}) or 'auto', found the file of metric '{other}' "
+                    f"({weights}); choose the matching metric or file")
+    return None
 
 
 class IQAClassifier(io.ComfyNode):
@@ -103,9 +119,11 @@ class IQAClassifier(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_IQAClassifier",
+            **aliases_for("AdaptBIR_IQAClassifier"),
             display_name="IQA Classifier (MUSIQ)",
             category=CAT_QUALITY,
             description=(
+                "Rates how damaged each photo is (a quality score) and picks how strongly to restore it. "
                 "Scores every image of the batch with MUSIQ (pyiqa) and turns the score into AdaptBIR's restoration "
                 "settings: the quality class, k (how much of the SD encoder's latent to mix in) and w (CSFT "
                 "strength). Low quality -> severe (k=0, w=0, rely on the restorer); high quality -> mild (keep "
@@ -121,9 +139,10 @@ class IQAClassifier(io.ComfyNode):
                     "MUSIQ variant: musiq = KonIQ-10k (about 0..100, AdaptBIR's choice); musiq-spaq and "
                     "musiq-paq2piq also about 0..100; musiq-ava = aesthetics, 1..10 (thresholds then apply to "
                     "score x 10).")),
-                io.Combo.Input("weights", options=_weights_options(), default=AUTO, tooltip=(
-                    "Weights file in ComfyUI/models/iqa. 'auto' uses pyiqa's published file for the chosen metric "
-                    "(e.g. musiq_koniq_ckpt-e95806b9.pth). Nothing is downloaded.")),
+                io.Combo.Input("weights", options=_weights_options(), default=DEFAULT_WEIGHTS, tooltip=(
+                    "Weights file in ComfyUI/models/iqa: pyiqa's file of the chosen metric (musiq: "
+                    "musiq_koniq_ckpt-e95806b9.pth, the default; named so the page can offer its download). 'auto' "
+                    "picks pyiqa's file for whatever metric is chosen. Nothing is downloaded.")),
                 io.Combo.Input("mode", options=list(iqa_mod.MAPPING_MODES), default="adaptbir", tooltip=(
                     "adaptbir: the released code's continuous mapping (medium band: k = score/100, "
                     "w = score/70). classes: the paper's three classes with fixed k and w each.")),
@@ -141,13 +160,15 @@ class IQAClassifier(io.ComfyNode):
                     "exceeds it, which is faster but changes the score.")),
             ],
             outputs=[
-                RestoreParams.Output("params", tooltip=(
+                RestoreParams.Output("params", display_name="params", tooltip=(
                     "Per-image score, class, k and w; connect to Dual Encoder Interpolate or CSFT Apply so each "
                     "image of the batch gets its own settings.")),
-                io.Float.Output("k", tooltip="k of the first image (0..1)."),
-                io.Float.Output("w", tooltip="w (CSFT strength) of the first image."),
-                io.Float.Output("score", tooltip="MUSIQ score of the first image (higher is better)."),
-                io.String.Output("quality_class", tooltip="'severe', 'medium' or 'mild' for the first image."),
+                io.Float.Output("k", display_name="k", tooltip="k of the first image (0..1)."),
+                io.Float.Output("w", display_name="w", tooltip="w (CSFT strength) of the first image."),
+                io.Float.Output("score", display_name="score",
+                    tooltip="MUSIQ score of the first image (higher is better)."),
+                io.String.Output("quality_class", display_name="quality_class",
+                    tooltip="'severe', 'medium' or 'mild' for the first image."),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -160,6 +181,16 @@ class IQAClassifier(io.ComfyNode):
             return bad
         if not low_threshold < high_threshold:
             return (f"low_threshold ({low_threshold}) must be below high_threshold ({high_threshold})")
+        weights, metric = kwargs.get("weights"), kwargs.get("metric", "musiq")
+        if weights is not None and metric in iqa_mod.MUSIQ_VARIANTS:
+            mismatch = metric_file_error(metric, weights)
+            if mismatch:
+                return mismatch
+            # checked when the prompt is queued, so every missing file of a graph is named at once
+            try:
+                resolve_musiq_weights(metric, weights)
+            except PackError as e:
+                return str(e)
         return True
 
     @classmethod
@@ -173,7 +204,7 @@ class IQAClassifier(io.ComfyNode):
         return (path, st.st_size, st.st_mtime_ns)
 
     @classmethod
-    def execute(cls, image, metric="musiq", weights=AUTO, mode="adaptbir", low_threshold=40.0,
+    def execute(cls, image, metric="musiq", weights=DEFAULT_WEIGHTS, mode="adaptbir", low_threshold=40.0,
                 high_threshold=70.0, k_max=0.7, w_max=1.0, score_max_side=0) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import comfy.cldm.cldm
 import comfy.controlnet
 import torch
@@ -9,19 +11,25 @@ from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from comfy_api.latest import io
 
 from ..modules.controlnet_layout import LAYOUT_HINT, extract_ircontrolnet
+from ..modules.schedules import noise_augment
+from .aliases import aliases_for
 from .common import (
     PackError,
     RestoreCondition,
     choice_error,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
+    show_text_on_node,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 from .latent import encode_condition_image
 from .tiled_sampling import crop_condition, current_tile
 
 CAT_CONTROL = "restoration/control"
+log = logging.getLogger(__name__)
 IRControlNetType = io.Custom("ADAPTBIR_IRCONTROLNET")
 SD_LATENT_SCALE = 0.18215  # DiffBIR's hint: 0.18215 x the SD 2.1 VAE posterior mode
 HINT_CONVENTIONS = ["auto", "diffbir", "adaptbir"]
@@ -105,6 +113,29 @@ def check_unet_fits(net, unet) -> None:
                         f"{found[0]} channels, levels {found[1]} and {found[2]} input blocks")
 
 
+def is_v21_control(name: str) -> bool:
+    """DiffBIR v2.1's control (published as DiffBIR_v2.1.pt) has v2's layout: only its name tells them apart."""
+    base = str(name).replace("\\", "/").rsplit("/", 1)[-1].lower()
+    return "v2.1" in base or "v2_1" in base
+
+
+def zsnr_warning(name: str, model_sampling) -> str | None:
+    """The warning for a DiffBIR v2.1 control sampled on a model whose sampling is not zero-terminal-SNR
+    v-prediction (ComfyUI never turns zsnr on for an SD2 checkpoint by itself), else None."""
+    import comfy.model_sampling
+
+    if not is_v21_control(name):
+        return None
+    v_pred = isinstance(model_sampling, comfy.model_sampling.V_PREDICTION)
+    zsnr = float(model_sampling.sigma_max) > 1000.0  # zero terminal SNR: the last sigma is ~4500, not ~14.6
+    if v_pred and zsnr:
+        return None
+    found = ("v-prediction" if v_pred else "not v-prediction") + (", zsnr on" if zsnr else ", zsnr off")
+    return (f"control_net '{name}': DiffBIR v2.1 was trained on the zero-terminal-SNR v-prediction SD 2.1 base, "
+            f"found a model sampled {found}; load sd2.1-base-zsnr-laionaes5.ckpt and put ModelSamplingDiscrete "
+            f"(sampling v_prediction, zsnr on) between the checkpoint loader and the sampler")
+
+
 class IRControlNetControl(comfy.controlnet.ControlBase):
     """A ComfyUI control that runs the IRControlNet on ``cat(x_t, hint)`` each step.
 
@@ -114,17 +145,32 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
 
     supports_latent_tiles = True
 
-    def __init__(self, patcher, layout: str):
+    def __init__(self, patcher, layout: str, name: str = ""):
         super().__init__()
         self.patcher = patcher  # ModelPatcher around an IRControlNetModel
         self.layout = layout  # a key of LAYOUT_HINT
+        self.name = name  # the file it came from (DiffBIR v2.1 is recognised by its published name)
+        self.noise_aug = 0  # DiffBIR v2.1's noise augmentation of the hint: a model timestep, 0 = off
+        self.noise_seed = 0
         self.model_sampling_current = None
         self.compression_ratio = 1
 
     def copy(self):
-        c = IRControlNetControl(self.patcher, self.layout)
+        c = IRControlNetControl(self.patcher, self.layout, self.name)
         self.copy_to(c)
+        c.noise_aug, c.noise_seed = self.noise_aug, self.noise_seed
         return c
+
+    def noisy_hint(self, hint: torch.Tensor) -> torch.Tensor:
+        """The hint with DiffBIR's noise augmentation at timestep ``noise_aug`` of the sampled model's schedule
+        (seeded on the CPU, so positive and negative, and every copy of this control, get the same noisy
+        condition); the hint itself when ``noise_aug`` is 0."""
+        if self.noise_aug <= 0:
+            return hint
+        gen = torch.Generator().manual_seed(int(self.noise_seed))
+        noise = torch.randn(hint.shape, generator=gen, dtype=torch.float32)
+        abar = 1.0 / (1.0 + self.model_sampling_current.sigmas.double().cpu() ** 2)
+        return noise_augment(hint.float().cpu(), noise, abar, int(self.noise_aug)).to(hint)
 
     def get_models(self):
         return super().get_models() + [self.patcher]
@@ -133,6 +179,15 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
         check_unet_fits(self.patcher.model, getattr(model, "diffusion_model", None))  # before the first step
         super().pre_run(model, percent_to_timestep_function)
         self.model_sampling_current = model.model_sampling
+        warning = zsnr_warning(self.name, model.model_sampling)
+        if warning:
+            log.warning("[AdaptBIR] %s", warning)
+            try:
+                from server import PromptServer
+
+                show_text_on_node(getattr(PromptServer.instance, "last_node_id", None), warning)
+            except (ImportError, AttributeError):
+                pass
 
     def cleanup(self):
         self.model_sampling_current = None
@@ -158,7 +213,7 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
                             f"batch), found {hint.shape[0]}; encode the same batch you sample")
         if self.cond_hint is None or self.cond_hint.shape[0] != x_noisy.shape[0] \
                 or self.cond_hint.device != x_noisy.device:
-            hint = comfy.controlnet.broadcast_image_to(hint, x_noisy.shape[0], batched_number)
+            hint = comfy.controlnet.broadcast_image_to(self.noisy_hint(hint), x_noisy.shape[0], batched_number)
             if hint.shape[0] != x_noisy.shape[0]:  # a single hint is returned as is: repeat it
                 hint = hint.expand(x_noisy.shape[0], -1, -1, -1)
             self.cond_hint = hint.to(device=x_noisy.device, dtype=net.dtype)
@@ -177,22 +232,28 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
 class IRControlNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_IRControlNetLoader",
+            **aliases_for("AdaptBIR_IRControlNetLoader"),
             display_name="Load IRControlNet (DiffBIR/AdaptBIR)",
             category=CAT_CONTROL,
             description=(
+                "Loads DiffBIR's restoration control, which keeps a restored photo faithful to the input. "
                 "Loads DiffBIR's IRControlNet (v1_general.pth, v1_face.pth, v2.pth, DiffBIR_v2.1.pt, the legacy "
                 "full v1 checkpoints) or the control branch of an AdaptBIR checkpoint from models/diffbir. The "
                 "kind is recognised from the weights, not the file name; only tensors are read, no code runs."),
-            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+            inputs=[io.Combo.Input("control_net_name", options=loader_options("diffbir", "ircontrolnet"), tooltip=(
                 "File in ComfyUI/models/diffbir. v2.pth works with SD 2.1-base; DiffBIR_v2.1.pt needs the "
                 "zero-terminal-SNR v-prediction SD 2.1 base."))],
-            outputs=[IRControlNetType.Output("control_net", tooltip=(
+            outputs=[IRControlNetType.Output("control_net", display_name="control_net", tooltip=(
                 "The IRControlNet; connect it to Apply IRControlNet."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, control_net_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("diffbir", control_net_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, control_net_name):
@@ -217,7 +278,7 @@ def load_ircontrolnet(path: str, name: str) -> IRControlNetControl:
         raise PackError(f"{name}: {e}") from None
     patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
-    return IRControlNetControl(patcher, layout)
+    return IRControlNetControl(patcher, layout, name)
 
 
 def hint_from_condition(condition: dict, convention: str) -> torch.Tensor:
@@ -236,9 +297,11 @@ class ApplyIRControlNet(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ApplyIRControlNet",
+            **aliases_for("AdaptBIR_ApplyIRControlNet"),
             display_name="Apply IRControlNet",
             category=CAT_CONTROL,
             description=(
+                "Makes diffusion restore your photo instead of inventing a new one (DiffBIR's control). "
                 "Attaches DiffBIR's IRControlNet to the positive and negative conditioning, like ComfyUI's "
                 "Apply ControlNet: at each step it reads the noisy latent together with the condition latent of "
                 "the cleaned image and adds its outputs to the UNet's skips. Works with the stock KSampler and "
@@ -262,11 +325,20 @@ class ApplyIRControlNet(io.ComfyNode):
                     "Or the cleaned (stage-1) image, encoded here with the VAE below. Padded to a multiple of 64 "
                     "like the sampled latent must be.")),
                 io.Vae.Input("vae", optional=True, tooltip="The SD VAE, needed when an image is connected."),
+                io.Int.Input("noise_aug", default=0, min=0, max=999, optional=True, tooltip=(
+                    "Adds noise to the condition as the diffusion forward process does at this model timestep "
+                    "(DiffBIR v2.1's noise augmentation; v2.1 was trained with 200). The same noisy condition goes "
+                    "to positive and negative. 0 = off (DiffBIR v2, AdaptBIR).")),
+                io.Int.Input("noise_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, optional=True,
+                             control_after_generate=True, tooltip=(
+                    "Seed of the noise_aug noise (the same seed gives the same noisy condition).")),
             ],
             outputs=[
-                io.Conditioning.Output("positive_out", tooltip="Positive conditioning carrying the control."),
-                io.Conditioning.Output("negative_out", tooltip="Negative conditioning carrying the control."),
-                RestoreCondition.Output("condition_out", tooltip=(
+                io.Conditioning.Output("positive_out", display_name="positive",
+                    tooltip="Positive conditioning carrying the control."),
+                io.Conditioning.Output("negative_out", display_name="negative",
+                    tooltip="Negative conditioning carrying the control."),
+                RestoreCondition.Output("condition_out", display_name="condition", tooltip=(
                     "The condition that was used (encoded here if an image was given), for the sampler's start "
                     "and guidance, colour fix and crop-back.")),
             ],
@@ -284,7 +356,8 @@ class ApplyIRControlNet(io.ComfyNode):
 
     @classmethod
     def execute(cls, positive, negative, control_net, strength=1.0, start_percent=0.0, end_percent=1.0,
-                hint_convention="auto", condition=None, image=None, vae=None) -> io.NodeOutput:
+                hint_convention="auto", condition=None, image=None, vae=None, noise_aug=0,
+                noise_seed=0) -> io.NodeOutput:
         if (condition is None) == (image is None):
             raise PackError("condition/image: expected exactly one of them to be connected, found "
                             f"{'both' if condition is not None else 'neither'}")
@@ -305,6 +378,7 @@ class ApplyIRControlNet(io.ComfyNode):
                 if prev not in cnets:
                     cnets[prev] = control_net.copy().set_cond_hint(hint, strength, (start_percent, end_percent))
                     cnets[prev].set_previous_controlnet(prev)
+                    cnets[prev].noise_aug, cnets[prev].noise_seed = int(noise_aug), int(noise_seed)
                 d["control"] = cnets[prev]
                 d["control_apply_to_uncond"] = False
                 c.append([cond_tensor, d])

@@ -17,6 +17,7 @@ from ..modules.image_ops import (
     to_bhwc,
 )
 from ..modules.latent_mix import mix_latents
+from .aliases import aliases_for
 from .common import (
     CAT_IMAGE,
     CAT_LATENT,
@@ -148,9 +149,11 @@ class DualEncoderInterpolate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_DualEncoderInterpolate",
+            **aliases_for("AdaptBIR_DualEncoderInterpolate"),
             display_name="Dual Encoder Interpolate",
             category=CAT_LATENT,
             description=(
+                "Prepares a photo for restoration, keeping more of its own detail the better it is. "
                 "AdaptBIR's dual encoder: encodes the image with the restoration VAE (whose encoder was trained to "
                 "remove degradations) and with the checkpoint's own VAE, and mixes the two latents: "
                 "z = (1 - k) * z_restoration + k * z_internal. k = 0 trusts only the restoration encoder (for "
@@ -183,10 +186,10 @@ class DualEncoderInterpolate(io.ComfyNode):
                     "scales the result back to the input's size.")),
             ],
             outputs=[
-                io.Latent.Output("latent", tooltip=(
+                io.Latent.Output("latent", display_name="latent", tooltip=(
                     "The mixed latent in ComfyUI's raw VAE space (before post_quant_conv), usable by samplers "
                     "and VAE Decode; it remembers the original size (and any upscale) for Crop To Original.")),
-                RestoreCondition.Output("condition", tooltip=(
+                RestoreCondition.Output("condition", display_name="condition", tooltip=(
                     "The same mix for the IRControlNet/CSFT condition, in both hint conventions (DiffBIR: "
                     "0.18215 x latent; AdaptBIR: after post_quant_conv), with the padding record.")),
             ],
@@ -230,9 +233,11 @@ class CropToOriginal(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_CropToOriginal",
+            **aliases_for("AdaptBIR_CropToOriginal"),
             display_name="Crop To Original Size",
             category=CAT_IMAGE,
             description=(
+                "Gives the restored photo back its original size. "
                 "Removes the padding that Dual Encoder Interpolate added and, when it upscaled a small image, "
                 "scales the result back (bicubic, antialiased), so the restored image has exactly the input's "
                 "size. Takes the size from the latent (it survives KSampler) or from the condition."),
@@ -243,7 +248,7 @@ class CropToOriginal(io.ComfyNode):
                 RestoreCondition.Input("condition", optional=True, tooltip=(
                     "Or the condition output of Dual Encoder Interpolate.")),
             ],
-            outputs=[io.Image.Output("cropped", tooltip=(
+            outputs=[io.Image.Output("cropped", display_name="cropped", tooltip=(
                 "The image cropped (and, if it was upscaled before encoding, scaled back) to the original height "
                 "and width; channels and batch as given.")),
             ],

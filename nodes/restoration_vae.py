@@ -5,14 +5,17 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..modules.vae_layout import kl_vae_config, restoration_vae_state_dict
+from .aliases import aliases_for
 from .common import (
     CAT_LATENT,
     PackError,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
     show_text_on_node,
 )
+from .file_lists import loader_options
 
 # The KL-f8 VAE that comfy.sd.VAE builds when it detects an SD/SDXL VAE from its keys alone.
 SD_KL_CONFIG = {"embed_dim": 4, "ddconfig": {
@@ -40,30 +43,36 @@ def build_vae(vae_sd: dict):
 class RestorationVAELoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_RestorationVAELoader",
+            **aliases_for("AdaptBIR_RestorationVAELoader"),
             display_name="Load Restoration VAE (AdaptBIR/SUPIR)",
             category=CAT_LATENT,
             description=(
+                "Loads the encoder that cleans up a damaged photo before diffusion restores it. "
                 "Takes the restoration encoder (an SD/SDXL VAE encoder fine-tuned to remove degradations) out of an "
                 "AdaptBIR checkpoint (preprocess_model.encoder or denoise_encoder) or a SUPIR checkpoint "
                 "(first_stage_model.denoise_encoder) in models/diffbir, and returns it as a VAE whose quant convs "
                 "and decoder are the checkpoint's own VAE, for Dual Encoder Interpolate's restoration_vae. The "
                 "kind is recognised from the weights; only tensors are read, no code runs."),
             inputs=[
-                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+                io.Combo.Input("ckpt_name", options=loader_options("diffbir", "restoration_vae"), tooltip=(
                     "AdaptBIR or SUPIR checkpoint (or a denoise_encoder-only file) in ComfyUI/models/diffbir.")),
                 io.Vae.Input("vae", optional=True, tooltip=(
                     "The checkpoint's own SD/SDXL VAE, needed when the file has only the restoration encoder "
                     "(its quant convs and decoder are used). Parts the file has take precedence.")),
             ],
-            outputs=[io.Vae.Output("restoration_vae", tooltip=(
+            outputs=[io.Vae.Output("restoration_vae", display_name="restoration_vae", tooltip=(
                 "A VAE that encodes with the restoration encoder and decodes like the checkpoint's VAE; connect "
                 "it to restoration_vae of Dual Encoder Interpolate."))],
             hidden=[io.Hidden.unique_id],
         )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("diffbir", ckpt_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, ckpt_name, vae=None):

@@ -7,7 +7,8 @@ from comfy_api.latest import io
 
 from ..modules import colorfix
 from ..modules.image_ops import check_image_bhwc
-from ..modules.schedules import q_sample_start, spaced_sigmas
+from ..modules.schedules import q_sample_start, rescaled_cfg_scale, spaced_sigmas
+from .aliases import aliases_for
 from .common import (
     CAT_IMAGE,
     PackError,
@@ -44,6 +45,22 @@ def model_alphas_cumprod(model) -> torch.Tensor:
 
 def diffbir_sigmas(model, steps: int) -> torch.Tensor:
     return spaced_sigmas(model_alphas_cumprod(model), steps)
+
+
+def with_rescaled_cfg(model):
+    """A copy of ``model`` whose CFG scale follows DiffBIR v2.1's rescaled schedule over the model timestep t of
+    each step, cfg(t) = 1 + cfg * (1 - cos(pi * ((1000 - t) / 1000) ** 5)) / 2 (only when cfg > 1, as in DiffBIR)."""
+    ms = model.get_model_object("model_sampling")
+    total = int(getattr(ms, "sigmas", torch.zeros(1000)).numel())
+
+    def cfg_function(args):
+        t = float(ms.timestep(args["sigma"][:1].float().cpu())[0])
+        scale = rescaled_cfg_scale(float(args["cond_scale"]), t, total)
+        return args["uncond"] + (args["cond"] - args["uncond"]) * scale
+
+    m = model.clone()
+    m.set_model_sampler_cfg_function(cfg_function)
+    return m
 
 
 def guidance_inputs(default_scale: float, memory: bool = True) -> list:
@@ -105,16 +122,19 @@ class SpacedDDPMScheduler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SpacedDDPMScheduler",
+            **aliases_for("AdaptBIR_SpacedDDPMScheduler"),
             display_name="Spaced DDPM Scheduler (DiffBIR)",
             category=CAT_SAMPLING,
             description=(
+                "The step schedule DiffBIR restores photos with. "
                 "DiffBIR's spaced schedule: N of the model's 1000 timesteps chosen by IDDPM's respacing. With "
                 "ComfyUI's 'ddpm' sampler in SamplerCustom this is exactly DiffBIR's spaced sampler."),
             inputs=[
                 io.Model.Input("model", tooltip="The SD 2.1 model (its noise schedule is used)."),
                 io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Number of sampling steps (DiffBIR: 50)."),
             ],
-            outputs=[io.Sigmas.Output("sigmas", tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas",
+                tooltip="Descending sigmas ending in 0, for SamplerCustom.")],
         )
 
     @classmethod
@@ -136,9 +156,11 @@ class RestorationGuidanceSampler(io.ComfyNode):
 
         return io.Schema(
             node_id="AdaptBIR_RestorationGuidanceSampler",
+            **aliases_for("AdaptBIR_RestorationGuidanceSampler"),
             display_name="Restoration Guidance Sampler (DiffBIR)",
             category=CAT_SAMPLING,
             description=(
+                "Restores the photo step by step, keeping colours and shapes faithful to the cleaned image. "
                 "Samples like KSampler, with DiffBIR's region-adaptive restoration guidance: at each step the "
                 "predicted image is pulled toward the guide (the cleaned stage-1 image), strongly in flat regions "
                 "and weakly on edges and texture, so the result stays faithful without losing generated detail. "
@@ -171,8 +193,13 @@ class RestorationGuidanceSampler(io.ComfyNode):
                     "(before or after padding to 64).")),
                 # listed last so the existing inputs keep their positions; shown and stored after block_size
                 *guidance_memory_inputs(),
+                io.Boolean.Input("rescale_cfg", default=False, optional=True, tooltip=(
+                    "DiffBIR v2.1's rescaled CFG: the scale grows over sampling from about 1 at the noisiest step "
+                    "to about 1 + cfg at the last, cfg(t) = 1 + cfg * (1 - cos(pi * ((1000 - t) / 1000)^5)) / 2 "
+                    "at model timestep t. Only when cfg > 1. Off = a constant cfg.")),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
+            outputs=[io.Latent.Output("latent", display_name="latent",
+                tooltip="The sampled latent (raw VAE space) for VAE Decode.")],
         )
 
     @classmethod
@@ -184,7 +211,7 @@ class RestorationGuidanceSampler(io.ComfyNode):
     def execute(cls, model, positive, negative, vae, latent_image, start="noise", seed=0, steps=50, cfg=4.0,
                 sampler_name="ddpm", scheduler=SPACED, guidance_scale=0.0, g_start=1001, g_stop=-1, g_repeat=1,
                 g_space="rgb", g_loss="w_mse", block_size=2, condition=None, guide_image=None, g_memory="auto",
-                g_precision="auto", g_tile_size=512) -> io.NodeOutput:
+                g_precision="auto", g_tile_size=512, rescale_cfg=False) -> io.NodeOutput:
         import comfy.sample
         import comfy.samplers
         import latent_preview
@@ -226,6 +253,8 @@ class RestorationGuidanceSampler(io.ComfyNode):
             x_t = q_sample_start(c, noise, model_alphas_cumprod(model), t=999)
             latent, noise = lf.process_out(x_t), torch.zeros_like(noise)
 
+        if rescale_cfg:
+            m = with_rescaled_cfg(m)
         m = set_tiling(m.clone(), replace=False)  # out-of-memory falls back to latent tiles (unless tiled)
         callback = latent_preview.prepare_callback(m, len(sigmas) - 1)
         samples = comfy.sample.sample_custom(
@@ -241,9 +270,11 @@ class ApplyRestorationGuidance(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ApplyRestorationGuidance",
+            **aliases_for("AdaptBIR_ApplyRestorationGuidance"),
             display_name="Apply Restoration Guidance (model patch)",
             category=CAT_SAMPLING,
             description=(
+                "Keeps a restoration's colours and shapes faithful to the cleaned photo, with any sampler. "
                 "DiffBIR's region-adaptive restoration guidance as a model patch, for the stock KSampler, "
                 "SamplerCustom or any other sampler: each step's predicted image is pulled toward the guide. "
                 "Returns a patched copy of the model; the input model is not changed. The guide must have the "
@@ -254,7 +285,8 @@ class ApplyRestorationGuidance(io.ComfyNode):
                 io.Image.Input("guide_image", tooltip="The guide: the stage-1 (cleaned) image."),
                 *guidance_inputs(default_scale=0.5),
             ],
-            outputs=[io.Model.Output("patched_model", tooltip="A copy of the model with the guidance patch.")],
+            outputs=[io.Model.Output("patched_model", display_name="model",
+                tooltip="A copy of the model with the guidance patch.")],
         )
 
     @classmethod
@@ -279,9 +311,11 @@ class ColorFix(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_ColorFix",
+            **aliases_for("AdaptBIR_ColorFix"),
             display_name="Colour Fix (wavelet / AdaIN)",
             category=CAT_IMAGE,
             description=(
+                "Removes colour shifts from a restored photo. "
                 "Corrects colour shifts of the diffusion result using the stage-1 image, as DiffBIR and SUPIR do: "
                 "wavelet keeps the result's fine detail and takes the low-frequency colour from the reference; "
                 "AdaIN matches each channel's mean and spread."),
@@ -293,7 +327,8 @@ class ColorFix(io.ComfyNode):
                     "wavelet (DiffBIR's default): 5-level low band from the reference; adain: per-channel "
                     "mean/std matching.")),
             ],
-            outputs=[io.Image.Output("fixed", tooltip="The colour-corrected image, same size as the input.")],
+            outputs=[io.Image.Output("fixed", display_name="fixed",
+                tooltip="The colour-corrected image, same size as the input.")],
         )
 
     @classmethod

@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from ..modules.supir import restore_toward_center, split_supir_state_dict
 from ..modules.vae_layout import restoration_vae_state_dict
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -21,8 +22,10 @@ from .common import (
     RestoreParams,
     file_fingerprint,
     load_weights,
+    missing_file_error,
     model_file_path,
 )
+from .file_lists import loader_options
 from .latent import CROP_KEY, encode, encode_condition_image
 from .restoration_vae import build_vae
 from .supir_model import (
@@ -174,9 +177,11 @@ class SUPIRLoRA(io.ComfyNode):
 
         return io.Schema(
             node_id="AdaptBIR_SUPIRLoRA",
+            **aliases_for("AdaptBIR_SUPIRLoRA"),
             display_name="SUPIR LoRA",
             category=CAT_SUPIR,
             description=(
+                "Adds a LoRA (a face or landscape style...) to SUPIR's photo restoration. "
                 "Adds one LoRA (a usual ComfyUI LoRA file) to the list that LoRA SUPIR Loader applies. Chain several "
                 "to stack them (e.g. a face and a landscape LoRA); they are applied in chain order."),
             inputs=[
@@ -191,8 +196,14 @@ class SUPIRLoRA(io.ComfyNode):
                     "encoder), so adapter and UNet stay consistent. 0 = adapter untouched (SUPIR as released).")),
                 LoRAListType.Input("loras", optional=True, tooltip="LoRAs added before this one."),
             ],
-            outputs=[LoRAListType.Output("loras_out", tooltip="The list with this LoRA appended.")],
+            outputs=[LoRAListType.Output("loras_out", display_name="loras",
+                tooltip="The list with this LoRA appended.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("loras", lora_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, lora_name, **kwargs):
@@ -210,13 +221,14 @@ class SUPIRLoRA(io.ComfyNode):
 class LoRASUPIRLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
 
         return io.Schema(
             node_id="AdaptBIR_LoRASUPIRLoader",
+            **aliases_for("AdaptBIR_LoRASUPIRLoader"),
             display_name="LoRA SUPIR Loader",
             category=CAT_SUPIR,
             description=(
+                "Loads SUPIR, the SDXL photo restorer and upscaler, onto your SDXL checkpoint. "
                 "Loads SUPIR (v0Q or v0F; original .ckpt or fp16 pruned .safetensors) from models/supir on top of "
                 "the SDXL model, CLIP and VAE of your checkpoint loader, and applies a list of LoRAs with ComfyUI's "
                 "own LoRA loading. The SDXL weights are never replaced: SUPIR's adapter runs beside the UNet as a "
@@ -227,23 +239,31 @@ class LoRASUPIRLoader(io.ComfyNode):
                                "Juggernaut-XL or SDXL base 1.0). LoRAs applied before this node are kept."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE; its quant convs and decoder complete SUPIR's denoise "
                              "encoder."),
-                io.Combo.Input("supir_name", options=folder_paths.get_filename_list("supir"), tooltip=(
+                io.Combo.Input("supir_name", options=loader_options("supir", "supir"), tooltip=(
                     "SUPIR file in ComfyUI/models/supir: SUPIR-v0Q (general, default) or SUPIR-v0F (light "
                     "degradations, keeps more detail).")),
                 io.Clip.Input("clip", optional=True, tooltip="The SDXL CLIP, for the LoRAs' strength_clip."),
                 LoRAListType.Input("loras", optional=True, tooltip="LoRAs from a chain of SUPIR LoRA nodes."),
             ],
             outputs=[
-                io.Model.Output("model_out", tooltip="The SDXL model with the LoRAs (connect to SUPIR Apply)."),
-                io.Clip.Output("clip_out", tooltip="The CLIP with the LoRAs (None if no CLIP was connected)."),
-                io.Vae.Output("vae_out", tooltip="The SDXL VAE, unchanged, for decoding."),
-                SUPIRType.Output("supir", tooltip="SUPIR's adapter (with the LoRAs' adapter strengths) and its "
+                io.Model.Output("model_out", display_name="model",
+                    tooltip="The SDXL model with the LoRAs (connect to SUPIR Apply)."),
+                io.Clip.Output("clip_out", display_name="clip",
+                    tooltip="The CLIP with the LoRAs (None if no CLIP was connected)."),
+                io.Vae.Output("vae_out", display_name="vae", tooltip="The SDXL VAE, unchanged, for decoding."),
+                SUPIRType.Output("supir", display_name="supir",
+                    tooltip="SUPIR's adapter (with the LoRAs' adapter strengths) and its "
                                  "stage-1 encoder, for SUPIR Apply."),
-                io.Vae.Output("stage1_vae", tooltip=(
+                io.Vae.Output("stage1_vae", display_name="stage1_vae", tooltip=(
                     "SUPIR's denoise encoder as a VAE (decoder = the SDXL VAE's): restoration_vae of Dual "
                     "Encoder Interpolate, or decode its latent to see SUPIR's stage-1 result.")),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, supir_name=None):
+        # the file is checked when the prompt is queued, so every missing file of a graph is named at once
+        return missing_file_error("supir", supir_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, supir_name, **kwargs):
@@ -338,9 +358,11 @@ class SUPIRApply(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRApply",
+            **aliases_for("AdaptBIR_SUPIRApply"),
             display_name="SUPIR Apply",
             category=CAT_SUPIR,
             description=(
+                "Restores and upscales a damaged photo with SUPIR on your SDXL model. "
                 "Encodes the low-quality image with SUPIR's denoise encoder (or takes a Dual Encoder Interpolate "
                 "condition) and patches the model so that every sampling step runs SUPIR's adapter on it. Sample "
                 "the returned latent with the stock KSampler (denoise 1.0; SUPIR: 'SUPIR EDM Sampler' + scheduler "
@@ -381,10 +403,12 @@ class SUPIRApply(io.ComfyNode):
                     "End control scale for w = 0 when params are connected.")),
             ],
             outputs=[
-                io.Model.Output("model_out", tooltip="A patched copy of the model running SUPIR at each step."),
-                io.Latent.Output("latent", tooltip=(
+                io.Model.Output("model_out", display_name="model",
+                    tooltip="A patched copy of the model running SUPIR at each step."),
+                io.Latent.Output("latent", display_name="latent", tooltip=(
                     "The stage-1 latent (padded size): the latent_image for KSampler at denoise 1.0.")),
-                RestoreCondition.Output("condition_out", tooltip="The condition used (crop-back, colour fix)."),
+                RestoreCondition.Output("condition_out", display_name="condition",
+                    tooltip="The condition used (crop-back, colour fix)."),
             ],
         )
 
@@ -439,9 +463,11 @@ class SUPIRConditioning(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRConditioning",
+            **aliases_for("AdaptBIR_SUPIRConditioning"),
             display_name="SUPIR Conditioning",
             category=CAT_SUPIR,
             description=(
+                "Writes the prompts SUPIR restores photos with. "
                 "Encodes SUPIR's prompts with the SDXL CLIP: positive = caption followed directly by the quality "
                 "prompt (as SUPIR does), negative = the negative prompt; SDXL size conditioning 1024 x 1024, crop "
                 "0 (what SUPIR feeds). Defaults are SUPIR's own prompts."),
@@ -455,8 +481,10 @@ class SUPIRConditioning(io.ComfyNode):
                     "Negative prompt (SUPIR's n_prompt).")),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Positive conditioning for the sampler."),
-                io.Conditioning.Output("negative", tooltip="Negative conditioning for the sampler."),
+                io.Conditioning.Output("positive", display_name="positive",
+                    tooltip="Positive conditioning for the sampler."),
+                io.Conditioning.Output("negative", display_name="negative",
+                    tooltip="Negative conditioning for the sampler."),
             ],
         )
 
@@ -479,9 +507,11 @@ class SUPIRSampler(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_SUPIRSampler",
+            **aliases_for("AdaptBIR_SUPIRSampler"),
             display_name="SUPIR EDM Sampler",
             category=CAT_SUPIR,
             description=(
+                "The sampler SUPIR restores photos with. "
                 "SUPIR's restoration EDM sampler as a ComfyUI SAMPLER for SamplerCustom: Euler with churn "
                 "(gamma = min(s_churn / steps, sqrt(2) - 1) extra noise of scale s_noise at every step). Use it "
                 "with the 'normal' scheduler (SUPIR's evenly spaced DDPM steps), 50 steps."),
@@ -491,7 +521,8 @@ class SUPIRSampler(io.ComfyNode):
                 io.Float.Input("s_noise", default=1.01, min=0.9, max=1.2, step=0.001, tooltip=(
                     "Scale of the added noise (SUPIR: 1.01; its quality preset 1.02, the wrapper 1.003).")),
             ],
-            outputs=[io.Sampler.Output("sampler", tooltip="Connect to SamplerCustom's sampler input.")],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler",
+                tooltip="Connect to SamplerCustom's sampler input.")],
         )
 
     @classmethod

@@ -25,6 +25,7 @@ import torch
 from comfy_api.latest import io
 
 from ..modules.tiling import Tile, count_tiles, tiled_apply
+from .aliases import aliases_for
 from .common import PackError, check_interrupt, is_oom, widget_bounds_error
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,11 @@ class TiledDiffusion(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_TiledDiffusion",
+            **aliases_for("AdaptBIR_TiledDiffusion"),
             display_name="Tiled Diffusion (latent tiles)",
             category=CAT_SAMPLING,
             description=(
+                "Restores large photos piece by piece, so they fit in memory. "
                 "Samples large images in overlapping latent tiles blended with Gaussian weights (DiffBIR's tiled "
                 "sampling), so memory stays that of one tile at any size. Each tile sees its own crop of the "
                 "IRControlNet / SUPIR condition; CFG, restoration guidance and the sampler act on the whole image. "
@@ -180,7 +183,7 @@ class TiledDiffusion(io.ComfyNode):
                     "Distance between tiles in image pixels (at most tile_size; DiffBIR: 256). tile_size - "
                     "tile_stride is the blended overlap; more overlap hides seams better and costs more passes.")),
             ],
-            outputs=[io.Model.Output("tiled_model", tooltip=(
+            outputs=[io.Model.Output("tiled_model", display_name="model", tooltip=(
                 "A copy of the model that is evaluated in tiles; the input model is not changed."))],
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..modules.iqa import QUALITY_CLASSES
+from .aliases import aliases_for
 from .common import CAT_QUALITY, PackError, RestoreParams, input_image
 
 
@@ -25,9 +26,11 @@ class RouteByQuality(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_RouteByQuality",
+            **aliases_for("AdaptBIR_RouteByQuality"),
             display_name="Route By Quality",
             category=CAT_QUALITY,
             description=(
+                "Sorts photos by how damaged they are, so each group can be restored its own way. "
                 "Splits an image batch by the quality class the IQA Classifier gave each image, so severe, medium "
                 "and mild images can go through different restoration settings. Images keep their input order "
                 "and are passed on unchanged. A class with no image blocks its output silently: the nodes "
@@ -41,10 +44,13 @@ class RouteByQuality(io.ComfyNode):
                     "applies to every image.")),
             ],
             outputs=[
-                io.Image.Output("severe", tooltip="Images classed 'severe' (low score); blocked when there are none."),
-                io.Image.Output("medium", tooltip="Images classed 'medium'; blocked when there are none."),
-                io.Image.Output("mild", tooltip="Images classed 'mild' (high score); blocked when there are none."),
-                io.String.Output("summary", tooltip=(
+                io.Image.Output("severe", display_name="severe",
+                    tooltip="Images classed 'severe' (low score); blocked when there are none."),
+                io.Image.Output("medium", display_name="medium",
+                    tooltip="Images classed 'medium'; blocked when there are none."),
+                io.Image.Output("mild", display_name="mild",
+                    tooltip="Images classed 'mild' (high score); blocked when there are none."),
+                io.String.Output("summary", display_name="summary", tooltip=(
                     "One line per input image: index, score and class (2 decimals), e.g. '#0 musiq=31.52 severe'.")),
             ],
         )

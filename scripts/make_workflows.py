@@ -15,33 +15,38 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HF = "https://huggingface.co"
+sys.path.insert(0, str(REPO / "nodes"))
+import manifest  # nodes/manifest.py: plain Python, no ComfyUI (imported after the path is set)
 
 
-def model(name: str, url: str, directory: str) -> list[dict]:
-    return [{"name": name, "url": url, "directory": directory}]
+def model(name: str, folder: str) -> list[dict]:
+    """The page's download record (name, url, directory) of a file, from the models manifest."""
+    e = manifest.entry(folder, name)
+    if e is None:
+        raise SystemExit(f"{folder}/{name} is not in nodes/models.json")
+    return [manifest.download_entry(e)]
 
 
-SD21 = model("v2-1_512-ema-pruned.safetensors",
-             f"{HF}/stabilityai/stable-diffusion-2-1-base/resolve/main/v2-1_512-ema-pruned.safetensors", "checkpoints")
-SD21_ZSNR = model("sd2.1-base-zsnr-laionaes5.ckpt", f"{HF}/lxq007/DiffBIR-v2/resolve/main/sd2.1-base-zsnr-laionaes5.ckpt",
-                  "checkpoints")
-IRC_V2 = model("v2.pth", f"{HF}/lxq007/DiffBIR-v2/resolve/main/v2.pth", "diffbir")
-IRC_V21 = model("DiffBIR_v2.1.pt", f"{HF}/lxq007/DiffBIR-v2/resolve/main/DiffBIR_v2.1.pt", "diffbir")
-SWINIR = model("realesrgan_s4_swinir_100k.pth", f"{HF}/lxq007/DiffBIR-v2/resolve/main/realesrgan_s4_swinir_100k.pth",
-               "diffbir")
-MUSIQ = model("musiq_koniq_ckpt-e95806b9.pth",
-              f"{HF}/chaofengc/IQA-PyTorch-Weights/resolve/main/musiq_koniq_ckpt-e95806b9.pth", "iqa")
-SDXL = model("sd_xl_base_1.0_0.9vae.safetensors",
-             f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0_0.9vae.safetensors",
-             "checkpoints")
-SUPIR_Q = model("SUPIR-v0Q_fp16.safetensors", f"{HF}/Kijai/SUPIR_pruned/resolve/main/SUPIR-v0Q_fp16.safetensors",
-                "supir")
+SD21 = model("v2-1_512-ema-pruned.safetensors", "checkpoints")
+SD21_ZSNR = model("sd2.1-base-zsnr-laionaes5.ckpt", "checkpoints")
+IRC_V2 = model("v2.pth", "diffbir")
+IRC_V21 = model("DiffBIR_v2.1.pt", "diffbir")
+SWINIR = model("realesrgan_s4_swinir_100k.pth", "diffbir")
+MUSIQ = model("musiq_koniq_ckpt-e95806b9.pth", "iqa")
+SDXL = model("sd_xl_base_1.0_0.9vae.safetensors", "checkpoints")
+SUPIR_Q = model("SUPIR-v0Q_fp16.safetensors", "supir")
+RVAE = model("adaptbir_restoration_vae.safetensors", "vae")
+CSFT = model("adaptbir_csft.safetensors", "diffbir")
+LORA_FACE = model("your_sdxl_face_lora.safetensors", "loras")
+LORA_LAND = model("your_sdxl_landscape_lora.safetensors", "loras")
+IQA_WIDGETS = {"weights": MUSIQ[0]["name"]}  # the real file name, so the page's missing-models dialog offers it
 NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"  # DiffBIR v2's default
 
 
-def diffbir_nodes(ckpt, irc, guidance_scale, steps=50):
-    """Stage 1 (SwinIR) -> padded encode -> IRControlNet -> Restoration Guidance Sampler -> decode/crop/colour fix."""
+def diffbir_nodes(ckpt, irc, guidance_scale, steps=50, zsnr=False):
+    """Stage 1 (SwinIR) -> padded encode -> IRControlNet -> Restoration Guidance Sampler -> decode/crop/colour fix.
+    ``zsnr``: the checkpoint is sampled through ModelSamplingDiscrete (v_prediction, zsnr on), as DiffBIR v2.1's
+    zero-terminal-SNR v-prediction base needs (ComfyUI never turns zsnr on for an SD2 checkpoint by itself)."""
     nodes = [
         ("load", "LoadImage", {"image": "example.png"}),
         ("restorer", "AdaptBIR_RestorerLoader", {"restorer_name": SWINIR[0]["name"]}),
@@ -69,6 +74,11 @@ def diffbir_nodes(ckpt, irc, guidance_scale, steps=50):
         ("decode", 0, "crop", "image"), ("sampler", 0, "crop", "latent"), ("crop", 0, "fix", "image"),
         ("stage1", 0, "fix", "reference"), ("fix", 0, "save", "images"),
     ]
+    if zsnr:
+        nodes.insert(4, ("msd", "ModelSamplingDiscrete", {"sampling": "v_prediction", "zsnr": True},
+                         "Zero-SNR v-prediction sampling (v2.1)"))
+        links = [x if x != ("ckpt", 0, "sampler", "model") else ("msd", 0, "sampler", "model") for x in links]
+        links.append(("ckpt", 0, "msd", "model"))
     models = {"ckpt": ckpt, "irc": irc, "restorer": SWINIR}
     return nodes, links, models
 
@@ -77,7 +87,7 @@ def adaptbir_sd21():
     nodes = [
         ("load", "LoadImage", {"image": "example.png"}),
         ("resize", "ImageScaleBy", {"upscale_method": "lanczos", "scale_by": 2.0}),
-        ("iqa", "AdaptBIR_IQAClassifier", {}),
+        ("iqa", "AdaptBIR_IQAClassifier", IQA_WIDGETS),
         ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD21[0]["name"]}),
         ("rvae", "VAELoader", {"vae_name": "adaptbir_restoration_vae.safetensors"}, "Restoration VAE (train: stage I)"),
         ("dual", "AdaptBIR_DualEncoderInterpolate", {}),
@@ -112,7 +122,7 @@ def supir_lora():
     nodes = [
         ("load", "LoadImage", {"image": "example.png"}),
         ("resize", "ImageScaleBy", {"upscale_method": "lanczos", "scale_by": 2.0}),
-        ("iqa", "AdaptBIR_IQAClassifier", {}),
+        ("iqa", "AdaptBIR_IQAClassifier", IQA_WIDGETS),
         ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SDXL[0]["name"]}),
         ("lora1", "AdaptBIR_SUPIRLoRA", {"lora_name": "your_sdxl_face_lora.safetensors", "strength_model": 0.8,
                                          "strength_clip": 0.8}, "Face LoRA (your file)"),
@@ -146,40 +156,112 @@ def supir_lora():
 
 
 def quality_triage():
+    """Runs on a fresh install with only the MUSIQ file: ComfyUI's own example.png, plus a mildly and a strongly
+    degraded copy of it (Degrade Image, fixed seeds), scored and routed by class."""
     nodes = [
         ("load1", "LoadImage", {"image": "example.png"}),
-        ("load2", "LoadImage", {"image": "example2.png"}),
-        ("load3", "LoadImage", {"image": "example3.png"}),
+        ("mild_copy", "AdaptBIR_DegradeImage", {"pipeline": "mild_adaptbir", "seed": 1,
+                                                "control_after_generate": "fixed"}, "A mildly degraded copy"),
+        ("severe_copy", "AdaptBIR_DegradeImage", {"pipeline": "realesrgan", "seed": 2, "scale": 4.0,
+                                                  "control_after_generate": "fixed"}, "A strongly degraded copy"),
         ("batch12", "ImageBatch", {}),
         ("batch", "ImageBatch", {}),
-        ("iqa", "AdaptBIR_IQAClassifier", {}, "IQA Classifier (shows the scores)"),
+        ("iqa", "AdaptBIR_IQAClassifier", IQA_WIDGETS, "IQA Classifier (shows the scores)"),
         ("route", "AdaptBIR_RouteByQuality", {}),
         ("severe", "SaveImage", {"filename_prefix": "triage/severe"}, "Severe: restore with k = 0, w = 0"),
         ("medium", "SaveImage", {"filename_prefix": "triage/medium"}, "Medium"),
         ("mild", "SaveImage", {"filename_prefix": "triage/mild"}, "Mild: little restoration needed"),
     ]
     links = [
-        ("load1", 0, "batch12", "image1"), ("load2", 0, "batch12", "image2"), ("batch12", 0, "batch", "image1"),
-        ("load3", 0, "batch", "image2"), ("batch", 0, "iqa", "image"), ("batch", 0, "route", "image"),
+        ("load1", 0, "mild_copy", "image"), ("load1", 0, "severe_copy", "image"),
+        ("load1", 0, "batch12", "image1"), ("mild_copy", 0, "batch12", "image2"), ("batch12", 0, "batch", "image1"),
+        ("severe_copy", 0, "batch", "image2"), ("batch", 0, "iqa", "image"), ("batch", 0, "route", "image"),
         ("iqa", 0, "route", "params"), ("route", 0, "severe", "images"), ("route", 1, "medium", "images"),
         ("route", 2, "mild", "images"),
     ]
     return nodes, links, {"iqa": MUSIQ}
 
 
+# What each workflow does and what to change first; the files, folders, links and licences come from the manifest.
+ABOUT = {
+    "adaptbir_sd21": (
+        "AdaptBIR on SD 2.1",
+        "Restores a photo as much as it needs: the IQA Classifier scores it, and the score sets how much of the "
+        "photo's own detail is kept (k: Dual Encoder Interpolate) and how strongly CSFT adds fidelity (w).",
+        ["**Load Image**: your photo. **Upscale Image By**: the restoration size (x2).",
+         "**Restoration Guidance Sampler**: `guidance_scale` (0.5; 0 = off) and `steps`.",
+         "AdaptBIR's restoration VAE and CSFT weights are not published: train them first (README: Training)."]),
+    "diffbir_v2_guidance": (
+        "DiffBIR v2 with restoration guidance",
+        "Cleans the photo with SwinIR (x4), then lets SD 2.1 with DiffBIR's IRControlNet add detail; restoration "
+        "guidance keeps colours and shapes faithful; Colour Fix removes colour shifts.",
+        ["**Stage-1 Restore**: `output_scale` (4 = x4 super-resolution; 1 = same size).",
+         "**Restoration Guidance Sampler**: `guidance_scale` (0.5 smoother and more faithful, 0 = off), `steps`.",
+         "**Negative** prompt: DiffBIR's default."]),
+    "diffbir_v21_zsnr": (
+        "DiffBIR v2.1 (zero-terminal-SNR v-prediction)",
+        "DiffBIR v2.1: SwinIR (x4), then the v2.1 IRControlNet on its zero-terminal-SNR v-prediction SD 2.1 base. "
+        "**ModelSamplingDiscrete** (v_prediction, zsnr on) is required: without it ComfyUI samples this base on the "
+        "wrong schedule.",
+        ["**Stage-1 Restore**: `output_scale` (4 = x4).",
+         "**Restoration Guidance Sampler**: `steps`, `cfg`; guidance is off (0), as in DiffBIR v2.1.",
+         "Keep ModelSamplingDiscrete between the checkpoint and the sampler."]),
+    "supir_lora": (
+        "SUPIR with LoRAs and IQA-driven settings",
+        "Restores with SDXL and SUPIR's adapter; two SDXL LoRAs of your own steer the style; the IQA Classifier's "
+        "score sets k (Dual Encoder Interpolate) and the control scale of each photo.",
+        ["**Face LoRA / Landscape LoRA**: pick SDXL LoRAs you have (or delete the two nodes).",
+         "**SUPIR Apply**: `control_scale_end` (1.0; ~0.93 for more generated detail).",
+         "**SamplerCustom**: `cfg` (4-7.5); **BasicScheduler**: `steps` (50)."]),
+    "quality_triage": (
+        "Quality triage",
+        "Scores a batch of images with MUSIQ and sorts them by class into three output folders (triage/severe, "
+        "medium, mild); the scores are shown on the IQA Classifier. Runs on a fresh install with only the MUSIQ "
+        "file: the batch is ComfyUI's example.png and two degraded copies of it.",
+        ["Replace the **Load Image** and the two **Degrade Image** nodes with your own images.",
+         "**IQA Classifier**: `low_threshold` (40) and `high_threshold` (70) set the classes."]),
+}
+
+
+def note_text(name: str) -> str:
+    """The Markdown of a workflow's note: what it does, its files (folder, link, licence), what to tweak first."""
+    title, what, tweaks = ABOUT[name]
+    lines = [f"## {title}", "", what, "", "### Files", ""]
+    for e in manifest.for_workflow(name):
+        source = f"[download]({e['url']})" if e["url"] else e.get("how", "")
+        if e.get("unofficial"):
+            source += " (unofficial mirror: the official repository was withdrawn)"
+        lines.append(f"- `{e['name']}` in `models/{e['folder']}`: {source}. Licence: {e['licence']}.")
+    lines += ["", "### Tweak first", ""] + [f"- {t}" for t in tweaks]
+    lines += ["", "Every input has a tooltip: hover over it. The pack downloads nothing."]
+    return "\n".join(lines)
+
+
 WORKFLOWS = {
     "adaptbir_sd21": adaptbir_sd21,
     "diffbir_v2_guidance": lambda: diffbir_nodes(SD21, IRC_V2, 0.5),
-    "diffbir_v21_zsnr": lambda: diffbir_nodes(SD21_ZSNR, IRC_V21, 0.0),
+    "diffbir_v21_zsnr": lambda: diffbir_nodes(SD21_ZSNR, IRC_V21, 0.0, zsnr=True),
     "supir_lora": supir_lora,
     "quality_triage": quality_triage,
 }
 
 
+NOTE_SIZE = [460, 620]
+# nodes whose widgets show file names: wide enough that the page does not cut the names off (height: the page's)
+WIDE = {key: [400, None] for key in ("iqa", "ckpt", "restorer", "irc", "csft_file", "rvae", "loader", "lora1",
+                                     "lora2")}
+
+
 def spec(name: str) -> dict:
     nodes, links, models = WORKFLOWS[name]()
+    nodes = [("note", "MarkdownNote", {"text": note_text(name)}, "About this workflow"), *nodes]
+    # Load Image grows when it shows its picture: put it at the bottom of the first column, where it overlaps nothing
+    if nodes[1][1] == "LoadImage":
+        nodes[1], nodes[2] = nodes[2], nodes[1]
     rows = [[key, type_, widgets, rest[0] if rest else None] for key, type_, widgets, *rest in nodes]
-    return {"nodes": rows, "links": [list(x) for x in links], "models": models, "per_column": 3}
+    models = {k: [m for m in v if m["url"]] for k, v in models.items()}
+    return {"nodes": rows, "links": [list(x) for x in links], "models": {k: v for k, v in models.items() if v},
+            "per_column": 3, "sizes": {"note": NOTE_SIZE, **WIDE}}
 
 
 def build(page, name: str) -> dict:
@@ -209,6 +291,10 @@ def main(names: list[str]) -> None:
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / f"{name}.png"), clip={"x": 60, "y": 80, "width": 1540, "height": 920})
             print(f"wrote docs/workflows/{name}.png")
+            # the template browser's card picture: frontend 1.32.9 loads <workflow stem>.jpg from the same folder
+            page.screenshot(path=str(out / f"{name}.jpg"), type="jpeg", quality=70,
+                            clip={"x": 60, "y": 80, "width": 1540, "height": 920})
+            print(f"wrote workflows/{name}.jpg")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ def interface(pack_nodes):
             "inputs": [i.id for i in s.inputs],
             "input_types": [i.get_io_type() for i in s.inputs],
             "outputs": [o.get_io_type() for o in s.outputs],
+            "output_names": [o.display_name for o in s.outputs],
         }
     return out
 
@@ -52,6 +53,20 @@ def test_ids_prefix_category_docs_and_tooltips(pack_nodes):
             assert i.tooltip and len(i.tooltip) > 10, f"{node_id}: input {i.id} has no tooltip"
         for o in s.outputs:
             assert o.tooltip and len(o.tooltip) > 10, f"{node_id}: output {o.id or o.display_name} has no tooltip"
+
+
+def test_every_output_is_shown_by_its_name(pack_nodes):
+    # Without a display name the page labels an output by its type (three identical IMAGE outputs on Route By
+    # Quality, two VAE outputs on the LoRA SUPIR Loader). What /object_info sends is what the page shows.
+    for node_id, cls in pack_nodes.items():
+        outputs = cls.GET_SCHEMA().outputs
+        info = cls.GET_NODE_INFO_V1()
+        for o, shown in zip(outputs, info["output_name"]):
+            assert o.display_name, f"{node_id}: output {o.id} has no display name (the page would show {shown})"
+            assert shown == o.display_name, (node_id, o.id, shown)
+        shown = info["output_name"]
+        assert len(set(shown)) == len(shown), f"{node_id}: two outputs share a label: {shown}"
+        assert len(shown) == len(outputs)
 
 
 def test_object_info_is_served_for_every_node(host, pack_nodes):
@@ -77,6 +92,9 @@ def test_golden_interface(pack_nodes):
             f"{node_id}: inputs renamed or reordered {spec['inputs']} -> {cur['inputs'][:n]}")
         assert cur["input_types"][:n] == spec["input_types"], f"{node_id}: input types changed"
         assert cur["outputs"][:len(spec["outputs"])] == spec["outputs"], f"{node_id}: outputs changed"
+        assert cur["output_names"] == spec.get("output_names"), (
+            f"{node_id}: output display names {cur['output_names']} differ from the golden file's "
+            f"{spec.get('output_names')}; regenerate it if the change is intended")
     new = sorted(set(current) - set(golden))
     assert not new, f"nodes missing from the golden file (add them with ADAPTBIR_UPDATE_GOLDEN=1): {new}"
 
@@ -106,3 +124,26 @@ def test_every_patching_node_has_a_non_mutation_check(pack_nodes):
     for node_id in patching:
         module, func = CHECKED_PATCHING_NODES[node_id]
         assert callable(getattr(importlib.import_module(module), func, None)), (node_id, module, func)
+
+
+def test_search_aliases_cover_every_node_and_the_artists_words(pack, pack_nodes):
+    """Node search should find the pack by the words artists use; the aliases reach the schema only where the
+    host's V3 schema has a search_aliases field (detected by feature; ComfyUI 0.3.75 has none)."""
+    import dataclasses
+
+    from comfy_api.latest import io
+
+    aliases = pack("nodes.aliases").ALIASES
+    assert set(aliases) == set(pack_nodes)
+    words = {w.lower() for ws in aliases.values() for w in ws}
+    assert {"upscale", "face", "denoise", "deblur", "restore", "enhance", "supir", "diffbir", "adaptbir",
+            "iqa"} <= words
+    for word in ("diffbir",):  # "DiffBIR" finds Apply IRControlNet, Stage-1 Restore and Colour Fix
+        for node_id in ("AdaptBIR_ApplyIRControlNet", "AdaptBIR_Stage1Restore", "AdaptBIR_ColorFix"):
+            assert word in {w.lower() for w in aliases[node_id]}, node_id
+    supported = "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}
+    kwargs = pack("nodes.host").search_aliases(["restore"])
+    assert kwargs == ({"search_aliases": ["restore"]} if supported else {})
+    for node_id, cls in pack_nodes.items():
+        if supported:
+            assert list(cls.GET_SCHEMA().search_aliases) == aliases[node_id]

@@ -351,13 +351,15 @@ def test_names_that_leave_the_model_folder_are_refused(host, tiny, escape, loade
 @pytest.mark.parametrize("loader", ["ircontrolnet", "supir", "lora", "iqa"])
 def test_such_names_are_refused_through_the_executor_too(host, tiny, escape, loader):
     """ComfyUI 0.3.75 lets a combo value outside the list reach the node, so the loader's own check is what
-    refuses it."""
+    refuses it: when the prompt is validated, before anything runs."""
     name = f"../{escape}"
-    with pytest.raises(ExecutionFailed) as e:
-        host.run(loader_graph(tiny, loader, name))
-    assert e.value.node_type == LOADERS[loader][0]
-    assert f"model file '{name}'" in e.value.exception_message
-    assert "found a path that leads outside it" in e.value.exception_message
+    prompt = loader_graph(tiny, loader, name)
+    valid, _, _, node_errors = host.validate(prompt)
+    assert not valid
+    refusing = "AdaptBIR_SUPIRLoRA" if loader == "lora" else LOADERS[loader][0]  # the node with the file widget
+    (nid, err), = [(k, v) for k, v in node_errors.items() if v["class_type"] == refusing]
+    details = " ".join(str(r.get("details")) for r in err["errors"])
+    assert f"model file '{name}'" in details and "found a path that leads outside it" in details, details
 
 
 # ------------------------------------------------------------------------------------------------ pyiqa

@@ -68,11 +68,12 @@ def test_rgba_alpha_is_ignored(host, tiny, iqa_files):
 
 
 def test_missing_weights_file_says_which_where_and_from_where(host, tiny, iqa_files):
-    with pytest.raises(ExecutionFailed) as e:
+    # refused when the prompt is validated (nothing runs), naming the file, the folder and its download
+    with pytest.raises(AssertionError) as e:
         run_iqa(host, tiny, sample_images(1), metric="musiq-spaq")
-    msg = e.value.exception_message
+    msg = str(e.value)
     assert "musiq_spaq_ckpt-358bb6af.pth" in msg and "models/iqa" in msg
-    assert "huggingface.co/chaofengc/IQA-PyTorch-Weights" in msg
+    assert "huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/musiq_spaq_ckpt-358bb6af.pth" in msg
 
 
 def test_network_is_loaded_once_and_reloaded_when_the_file_changes(host, tiny, iqa_files, pack):

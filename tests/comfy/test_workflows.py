@@ -9,6 +9,7 @@ Screenshots go to ``tests/artifacts/``.
 """
 
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,26 @@ def load(path):
     return json.loads(path.read_text())
 
 
+# What the page shows of a loaded workflow: every pair of overlapping node boxes (title bar included), the pack
+# nodes' output labels, the notes' text and ModelSamplingDiscrete's widgets.
+LAYOUT_JS = """() => {
+  const H = LiteGraph.NODE_TITLE_HEIGHT;
+  const box = n => [n.pos[0], n.pos[1] - H, n.pos[0] + n.size[0], n.pos[1] + n.size[1]];
+  const nodes = app.graph._nodes, overlaps = [];
+  for (let i = 0; i < nodes.length; i++) for (let j = i + 1; j < nodes.length; j++) {
+    const a = box(nodes[i]), b = box(nodes[j]);
+    if (a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3]) overlaps.push([nodes[i].title, nodes[j].title]);
+  }
+  return {
+    overlaps,
+    labels: nodes.filter(n => n.type.startsWith("AdaptBIR_"))
+      .map(n => [n.type, (n.outputs || []).map(o => o.label || o.localized_name || o.name)]),
+    notes: nodes.filter(n => n.type === "MarkdownNote").map(n => n.widgets[0].value),
+    msd: nodes.filter(n => n.type === "ModelSamplingDiscrete").map(n => n.widgets.map(w => w.value)),
+  };
+}"""
+
+
 def test_workflows_exist():
     assert {p.stem for p in WORKFLOWS} >= {"adaptbir_sd21", "diffbir_v2_guidance", "diffbir_v21_zsnr", "supir_lora",
                                            "quality_triage"}
@@ -64,6 +85,8 @@ def _widget_inputs(cls):
 def test_node_types_exist_and_pack_widgets_fit_their_schema(host, path):
     wf = load(path)
     for node in wf["nodes"]:
+        if node["type"] == "MarkdownNote":  # the page's own note node (no backend class)
+            continue
         assert node["type"] in host.nodes.NODE_CLASS_MAPPINGS, (path.name, node["type"])
         if not node["type"].startswith("AdaptBIR"):
             continue
@@ -164,15 +187,21 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
     write_tiny_files(models, root / "input", tiny)
     folders = {"diffbir": "models/diffbir", "iqa": "models/iqa"}
     ARTIFACTS.mkdir(exist_ok=True)
-    res = {"prompts": {}, "errors": {}, "problems": {}}
+    res = {"prompts": {}, "errors": {}, "problems": {}, "layout": {}, "thumbnails": {}}
     with comfy_server(root, folders) as base, comfy_page(base) as page:
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         res["templates"] = http_json(f"{base}/workflow_templates")
+        res["object_info"] = http_json(f"{base}/object_info")
         for path in WORKFLOWS:
             dialogs.clear()
-            page.evaluate("(wf) => app.loadGraphData(wf)", load(path))
+            # the file as the template browser fetches it (and its card picture from the same folder)
+            url = f"{base}/api/workflow_templates/ComfyUI-AdaptBIR/{path.stem}"
+            with urllib.request.urlopen(url + ".jpg", timeout=10) as r:
+                res["thumbnails"][path.stem] = (r.headers.get("Content-Type"), len(r.read()))
+            page.evaluate("async (url) => app.loadGraphData(await (await fetch(url)).json())", url + ".json")
             page.wait_for_timeout(500)
+            res["layout"][path.stem] = page.evaluate(LAYOUT_JS)
             res["problems"][path.stem] = page.evaluate("""() => app.graph._nodes
                 .filter(n => !LiteGraph.registered_node_types[n.type] || n.has_errors)
                 .map(n => n.type)""")
@@ -210,7 +239,7 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
             const out = app.nodeOutputs && app.nodeOutputs["{save_id}"];
             const n = app.graph.getNodeById({save_id});
             return out && out.images && out.images.length === 1 && n.imgs && n.imgs.length > 0 && n.imgs[0].complete;
-        }}""", timeout=120_000)
+        }}""", timeout=300_000)  # a tiny 2-step run took 120 s on a loaded 2-core machine
         res["shown"] = page.evaluate(f"() => app.graph.getNodeById({save_id}).imgs[0].src")
         close_dialogs(page, settle_ms=400)
         page.wait_for_timeout(300)
@@ -221,6 +250,8 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
         page.wait_for_timeout(1500)
         res["template_dialog"] = page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
                                                ".map(d => d.innerText).join('\\n')")
+        res["template_images"] = page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog img'))"
+                                               ".map(i => [i.alt, i.src, i.naturalWidth])")
         page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
         close_dialogs(page, settle_ms=400)
     return res
@@ -241,6 +272,32 @@ def test_page_loads_every_workflow_without_missing_nodes_or_errors(page_results)
         assert all(any(m in t for t in shown) for m in wanted), (name, wanted, shown)
         assert bool(wanted) == bool(shown), (name, shown)
         assert (ARTIFACTS / f"workflow_{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_each_workflow_explains_itself_in_the_page(page_results):
+    """Loaded as the template browser loads it: outputs show their display names, a note says what the workflow
+    does and which files it needs (with links), no two nodes overlap, and a thumbnail sits beside the file."""
+    info = page_results["object_info"]
+    for name in (p.stem for p in WORKFLOWS):
+        layout = page_results["layout"][name]
+        assert layout["overlaps"] == [], (name, layout["overlaps"])
+        assert layout["labels"], name
+        for node_type, shown in layout["labels"]:
+            assert shown == info[node_type]["output_name"], (name, node_type, shown)
+            assert not set(shown) & set(info[node_type]["output"]), (name, node_type, shown)  # not type names
+        (note,) = layout["notes"]
+        assert note.startswith("## ") and "### Files" in note and "### Tweak first" in note, (name, note)
+        assert "https://" in note and "Licence" in note, (name, note)
+        kind, size = page_results["thumbnails"][name]
+        assert kind == "image/jpeg" and size > 5_000, (name, kind, size)
+    assert page_results["layout"]["diffbir_v21_zsnr"]["msd"] == [["v_prediction", True]]
+    assert all(not page_results["layout"][p.stem]["msd"] for p in WORKFLOWS if p.stem != "diffbir_v21_zsnr")
+    # the template browser shows each card's picture: the page fetches <stem>.jpg and shows it as a blob; each
+    # loaded picture has the thumbnails' width (a missing one would not load: natural width 0)
+    width = Image.open(WORKFLOWS[0].with_suffix(".jpg")).size[0]
+    loaded = [w for _, _, w in page_results["template_images"] if w == width]
+    assert len(loaded) >= len(WORKFLOWS), page_results["template_images"]
 
 
 @pytest.mark.browser
@@ -308,3 +365,27 @@ def test_workflows_saved_before_a_node_gained_widgets_still_convert(host, pack):
     node["widgets_values"] = node["widgets_values"] + [0, 0]
     with pytest.raises(workflow.WorkflowError, match="widget values"):
         workflow.to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS)
+
+
+# All five are kept; two are run (each costs a tiny run): the IQA 'auto' widget with the old triage images, and
+# DiffBIR v2.1 without ModelSamplingDiscrete (its control now warns, and it must still run)
+BEFORE = [REPO / "tests" / "fixtures" / "workflows_before_i15" / f"{name}.json"
+          for name in ("quality_triage", "diffbir_v21_zsnr")]
+
+
+@pytest.mark.parametrize("path", BEFORE, ids=lambda p: p.stem)
+def test_workflows_saved_before_issue_15_still_run(host, pack, tiny, musiq_random_state, sm, sdxl, path):
+    """The shipped workflows as saved at main before the outputs got display names, the IQA widget a file name and
+    the loaders their validation (IQA weights 'auto', links by slot): converted like the page does (the batch
+    runner's conversion, which the browser test pins to the page's) and run with tiny models."""
+    write_tiny_files(host.models_dir, host.workdir / "input", tiny, sm, sdxl, musiq_random_state)
+    write_kohya_lora(host, "your_sdxl_face_lora.safetensors", [("input_blocks_1_0_out_layers_3", 32)], 1, 0.2)
+    write_kohya_lora(host, "your_sdxl_landscape_lora.safetensors", [("output_blocks_8_0_out_layers_3", 32)], 2, 0.2)
+    wf = load(path)
+    prompt = tiny_prompt(pack("batch.workflow").to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS))
+    if path.stem == "quality_triage":
+        assert any(v["inputs"].get("weights") == "auto" for v in prompt.values())
+    ex = host.run(prompt)
+    saves = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    images = [im for k in saves for im in (host.ui(ex, k) or {}).get("images", [])]
+    assert len(images) == (3 if path.stem == "quality_triage" else 1), path.stem

@@ -213,3 +213,32 @@ def test_q_sample_start():
         q_sample_start(c, n[:1], a)
     with pytest.raises(ValueError, match="t"):
         q_sample_start(c, n, a, t=1000)
+
+
+# DiffBIR v2.1's noise augmentation and rescaled CFG (diffbir/pipeline.py and diffbir/sampler/sampler.py)
+def test_noise_augment_is_q_sample_at_t():
+    from modules.schedules import noise_augment
+
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1 - betas, 0)
+    g = torch.Generator().manual_seed(0)
+    c, n = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in (1, 200, 999):
+        want = abar[t].sqrt() * c.double() + (1 - abar[t]).sqrt() * n.double()
+        got = noise_augment(c, n, abar, t)
+        assert got.dtype == c.dtype and torch.allclose(got.double(), want, atol=1e-6)
+    assert noise_augment(c, n, abar, 0) is c
+    with pytest.raises(ValueError, match="noise_aug"):
+        noise_augment(c, n, abar, 1000)
+
+
+def test_rescaled_cfg_follows_diffbir_formula():
+    from modules.schedules import rescaled_cfg_scale
+
+    for cfg in (1.5, 4.0, 7.5):
+        for t in (0, 1, 250, 500, 999):
+            want = 1 + cfg * (1 - math.cos(math.pi * ((1000 - t) / 1000) ** 5)) / 2
+            assert rescaled_cfg_scale(cfg, t) == pytest.approx(want, abs=1e-12)
+    assert rescaled_cfg_scale(4.0, 999) == pytest.approx(1.0, abs=1e-9)  # the noisiest step: ~1
+    assert rescaled_cfg_scale(4.0, 0) == pytest.approx(5.0)  # the last: 1 + cfg
+    assert rescaled_cfg_scale(1.0, 500) == 1.0 and rescaled_cfg_scale(0.5, 10) == 0.5  # DiffBIR: only cfg > 1

@@ -131,6 +131,7 @@ BUILD_JS = """(spec) => {
     if (!n) throw new Error("unknown node type " + type);
     app.graph.add(n);
     if (title) n.title = title;
+    if (spec.sizes && spec.sizes[key]) n.size = [spec.sizes[key][0], spec.sizes[key][1] ?? n.size[1]];
     for (const [name, value] of Object.entries(widgets || {})) {
       const w = (n.widgets || []).find(w => w.name === name);
       if (!w) throw new Error(type + " has no widget " + name);

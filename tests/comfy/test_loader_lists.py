@@ -1,0 +1,56 @@
+"""Loader lists that fit the loader: each pack loader lists the files of its folder recognised as its kind
+(safetensors header and metadata, or the published file names; nothing is unpickled), then the files whose kind
+is unknown; files recognised as another kind are left out."""
+
+import pickle
+
+import torch
+from safetensors.torch import save_file
+
+
+class _Trap:
+    """Unpickling this writes a marker file: the lists must never unpickle anything."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _options(host, node_id, name):
+    spec = host.node_class(node_id).GET_NODE_INFO_V1()["input"]["required"][name]
+    return spec[1]["options"] if spec[0] == "COMBO" else spec[0]
+
+
+def test_each_loader_lists_the_files_of_its_kind(host, tiny, tmp_path):
+    from tests.comfy.test_cleaners import tiny_swinir
+
+    d = host.models_dir / "diffbir"
+    d.mkdir(exist_ok=True)
+    save_file(tiny.tiny_ircontrolnet_state_dict(0), str(d / "lst_control.safetensors"))  # zero_convs keys
+    save_file(tiny.tiny_csft_state_dict(0), str(d / "lst_layers.safetensors"))  # cft_blocks keys
+    save_file({k: v.contiguous() for k, v in tiny_swinir().state_dict().items()}, str(d / "lst_cleaner.safetensors"))
+    save_file({"lora_unet_down.lora_up.weight": torch.zeros(2, 2)}, str(d / "lst_a_lora.safetensors"))
+    save_file({"foo.weight": torch.zeros(2)}, str(d / "lst_unknown.safetensors"))
+    torch.save({"x": torch.zeros(1)}, d / "lst_realesrgan_swinir.pth")  # by the published name: a SwinIR
+    marker = tmp_path / "unpickled"
+    (d / "lst_mystery.ckpt").write_bytes(pickle.dumps(_Trap(marker)))  # unknown: listed everywhere, never opened
+    import folder_paths
+
+    getattr(folder_paths, "filename_list_cache", {}).clear()
+
+    irc = _options(host, "AdaptBIR_IRControlNetLoader", "control_net_name")
+    csft = _options(host, "AdaptBIR_CSFTLoader", "csft_name")
+    restorer = _options(host, "AdaptBIR_RestorerLoader", "restorer_name")
+    rvae = _options(host, "AdaptBIR_RestorationVAELoader", "ckpt_name")
+
+    def mine(opts):
+        return [o for o in opts if o.startswith("lst_")]
+
+    assert mine(irc) == ["lst_control.safetensors", "lst_mystery.ckpt", "lst_unknown.safetensors"]
+    assert mine(csft) == ["lst_layers.safetensors", "lst_mystery.ckpt", "lst_unknown.safetensors"]
+    assert mine(restorer) == ["lst_cleaner.safetensors", "lst_realesrgan_swinir.pth", "lst_mystery.ckpt",
+                              "lst_unknown.safetensors"]
+    assert mine(rvae) == ["lst_mystery.ckpt", "lst_unknown.safetensors"]
+    assert not marker.exists(), "a file was unpickled to build a list"
