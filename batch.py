@@ -1,7 +1,7 @@
 """Run a workflow on a folder of images: ``python batch.py workflows/diffbir_v2_guidance.json in/ out/``.
 
 Run it with the Python of your ComfyUI (``python custom_nodes/<this pack>/batch.py --help``). It finds ComfyUI from
-``--comfyui``, ``$COMFYUI_PATH`` or the folder above ``custom_nodes``, loads ComfyUI's nodes and custom nodes like
+``--comfyui``, ``$COMFYUI_PATH`` or the folder above ``custom_nodes`` (whatever the pack's folder is called), loads ComfyUI's nodes and custom nodes like
 ComfyUI's main.py, and runs the workflow in-process. This file is a script: ComfyUI never imports it.
 """
 
@@ -9,7 +9,7 @@ import asyncio
 import os
 import sys
 
-from _launcher import comfyui_on_path, package
+from _launcher import comfyui_on_path, cpu_unless_accelerated, package
 
 
 def main() -> int:
@@ -26,7 +26,7 @@ def main() -> int:
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = args.cpu or comfy.cli_args.args.cpu
+    cpu_unless_accelerated("batch.py", args.cpu)  # --cpu, or no GPU: ComfyUI would fail without a driver
     comfy.cli_args.args.preview_method = comfy.cli_args.LatentPreviewMethod.NoPreviews
     from utils.extra_config import load_extra_path_config
 

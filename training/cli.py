@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from . import loop, stage1, stage3
+from . import loop
+from .defaults import STAGE1_DEFAULTS, STAGE3_DEFAULTS
 
 
 def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--vae", help="SD VAE file (models/vae)")
     src.add_argument("--checkpoint", help="SD checkpoint whose VAE is fine-tuned (models/checkpoints)")
     s1.add_argument("--posterior", choices=["sample", "mode"], default="sample")
-    _common(s1, stage1.DEFAULTS)
+    _common(s1, STAGE1_DEFAULTS)
     s3 = sub.add_parser("stage3", help="CSFT layers on a frozen SD 2.1 + IRControlNet, mild degradations")
     s3.add_argument("--checkpoint", required=True, help="SD 2.1 checkpoint (models/checkpoints)")
     s3.add_argument("--control", required=True, help="AdaptBIR IRControlNet (models/diffbir)")
@@ -57,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     s3.add_argument("--sft-channels", type=int, default=128)
     s3.add_argument("--prompt", default="", help="training prompt (AdaptBIR: empty)")
     s3.add_argument("--val-steps", type=int, default=20, help="sampling steps of the validation images")
-    _common(s3, stage3.DEFAULTS)
+    _common(s3, STAGE3_DEFAULTS)
     return ap
 
 
@@ -98,6 +99,8 @@ def build_task(args):
     if args.stage == "stage1":
         import comfy.sd
 
+        from . import stage1
+
         if args.vae:
             path = resolve(args.vae, "vae", "--vae")
             vae = _load_vae(path)
@@ -107,6 +110,7 @@ def build_task(args):
         return stage1.RestorationVAETask(vae, data, s, posterior=args.posterior, base_model=os.path.basename(path)), s
     import comfy.sd
 
+    from . import stage3
     from ..nodes.common import load_weights
     from ..nodes.csft import load_csft
     from ..nodes.ircontrolnet import load_ircontrolnet
