@@ -52,9 +52,11 @@ def reference_weights(variant: str, path) -> "torch.nn.Module":
     net = pyiqa_musiq.MUSIQ(pretrained=False, pretrained_model_path=None, num_class=num_class)
     sd = net.state_dict()
     head = "head.0" if num_class > 1 else "head"
-    sd[f"{head}.weight"] = sd[f"{head}.weight"] * 20.0
-    if num_class == 1:
+    if num_class == 1:  # scores around 50 that move with the image
+        sd["head.weight"] = sd["head.weight"] * 20.0
         sd["head.bias"] = torch.full_like(sd["head.bias"], 50.0)
+    else:  # a rating distribution that is neither uniform nor one-hot
+        sd["head.0.weight"] = sd["head.0.weight"] * 2.0
     torch.save(sd, path)
     ref = pyiqa_musiq.MUSIQ(pretrained=False, pretrained_model_path=None, num_class=num_class)
     pyiqa_musiq.load_pretrained_network(ref, str(path), True)
