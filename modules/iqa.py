@@ -1,6 +1,7 @@
 """Image-quality assessment for AdaptBIR: MUSIQ scores and the score -> (class, k, w) mapping.
 
-Pure torch + pyiqa. pyiqa is imported lazily inside :func:`build_musiq` so importing this module stays cheap.
+Pure torch. The MUSIQ network is :mod:`.musiq` (our implementation, loading pyiqa's released weight files); pyiqa
+itself is not needed at run time (it is the reference of the tests).
 
 AdaptBIR's released inference code (``inference_stage3.py``) maps a KonIQ-trained MUSIQ score (about 0..100,
 higher is better) to two coefficients:
@@ -158,23 +159,24 @@ def params_from_scores(scores, *, metric: str = "musiq", mode: str = "adaptbir",
 
 
 def build_musiq(variant: str = "musiq", state_dict: dict | None = None) -> torch.nn.Module:
-    """Build pyiqa's MUSIQ network for ``variant`` (never downloads) and load ``state_dict`` if given.
+    """Build the MUSIQ network for ``variant`` (:class:`.musiq.MUSIQ`) and load ``state_dict`` if given.
 
     Args:
         variant: a key of :data:`MUSIQ_VARIANTS`.
-        state_dict: tensors with pyiqa's MUSIQ key names (optionally nested under ``"params"`` or prefixed
-            with ``"module."``/``"net."``). ``None`` leaves pyiqa's random initialisation (tests only).
+        state_dict: tensors with pyiqa's MUSIQ key names, as in pyiqa's released files (optionally nested under
+            ``"params"`` or prefixed with ``"module."``/``"net."``). ``None`` leaves a random initialisation
+            (tests and benchmarks only).
 
     Returns:
         The network in eval mode, on CPU, float32. Its ``forward(x)`` takes (B, 3, H, W) RGB in [0, 1] and
-        returns (B, 1) scores.
+        returns (B, 1) scores (KonIQ/SPAQ/PaQ-2-PiQ about 0..100, AVA 1..10).
     """
     if variant not in MUSIQ_VARIANTS:
         raise ValueError(f"metric: expected one of {sorted(MUSIQ_VARIANTS)}, found {variant!r}")
-    from pyiqa.archs.musiq_arch import MUSIQ  # heavy import, deferred
+    from .musiq import MUSIQ
 
     num_class = MUSIQ_VARIANTS[variant][3]
-    net = MUSIQ(pretrained=False, pretrained_model_path=None, num_class=num_class)
+    net = MUSIQ(num_class=num_class)
     if state_dict is not None:
         sd = normalize_musiq_state_dict(state_dict)
         expected = net.state_dict()

@@ -10,7 +10,7 @@ It prints a table and writes the same rows as JSON (``--json``). ComfyUI 0.3.75 
 pack loaded by ComfyUI's own custom-node loader (tests/support/comfy_host.py, as in the tests). Every network is
 built from its config with ComfyUI's no-init layers and random, seeded weights (no files are read): ``tiny``
 uses the test models' configs, ``real`` the real SD 2.1-base UNet, DiffBIR IRControlNet, AdaptBIR CSFT, ComfyUI's
-own ControlNet, SD VAE, SDXL-base UNet and SUPIR adapter (parameter counts go to the JSON), and pyiqa's MUSIQ.
+own ControlNet, SD VAE, SDXL-base UNet and SUPIR adapter (parameter counts go to the JSON), and the pack's MUSIQ (pyiqa's architecture).
 
 What is measured (all ratios come from one run: same process, same size, rows of a size timed in interleaved
 rounds):
@@ -868,12 +868,12 @@ def sdxl_phase(run: Run, suite, sizes, dtype, steps, vae):
 def musiq_phase(run: Run, suite, sizes):
     iqa = run.pack("modules.iqa")
     torch.manual_seed(0)
-    net = iqa.build_musiq("musiq").to(run.dev.torch_device)  # pyiqa's MUSIQ, random weights
+    net = iqa.build_musiq("musiq").to(run.dev.torch_device)  # the pack's MUSIQ (modules/musiq.py), random weights
     for size in sizes:
         img = smooth_image(size, 3)
         res = measure_call(lambda i=img, n=net: iqa.score_images(n, i), 1 if run.args.quick else 3, run.dev)
         run.params.setdefault(suite, {})["musiq"] = param_count(net)
-        run.add("musiq", suite, size, torch.float32, res, notes="ms per image (pyiqa, float32)")
+        run.add("musiq", suite, size, torch.float32, res, notes="ms per image (float32)")
 
 
 def run_suite(run: Run, suite: str, sizes, dtype, steps: int, tile_size: int, mem_sizes, mem_dtype):

@@ -66,5 +66,5 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
     echo "[setup] WARNING: no chromium and no apt-get: install Chromium for the browser tests (CHROMIUM_PATH)"
   fi
 fi
-"$PY" -c "import torch, torchvision, pyiqa, diffusers, kornia, einops, safetensors" 
+"$PY" -c "import torch, torchvision, pyiqa, kornia, safetensors"
 echo "[setup] ready: $PY, ComfyUI at $HOST_DIR ($(cat "$HOST_DIR/comfyui_version.py" | grep __version__))"

@@ -49,11 +49,12 @@ def pack(host):
 
 @pytest.fixture(scope="session")
 def musiq_random_state():
-    """State dict of pyiqa's MUSIQ (KonIQ head) with seeded random weights; the head bias sets the score level."""
-    from modules.iqa import build_musiq
+    """State dict of pyiqa's own MUSIQ class (KonIQ head, pyiqa's key layout) with seeded random weights; the head
+    bias sets the score level. pyiqa is a test requirement: it is the reference the pack's MUSIQ is checked against."""
+    from pyiqa.archs.musiq_arch import MUSIQ
 
     torch.manual_seed(0)
-    net = build_musiq("musiq")
+    net = MUSIQ(pretrained=False, pretrained_model_path=None, num_class=1)
     return {k: v.clone() for k, v in net.state_dict().items()}
 
 

@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from . import loop, stage1, stage2, stage3
+from . import loop
+from .defaults import STAGE1_DEFAULTS, STAGE2_DEFAULTS, STAGE3_DEFAULTS
 
 
 def _common(p: argparse.ArgumentParser, defaults: dict) -> None:
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--vae", help="SD VAE file (models/vae)")
     src.add_argument("--checkpoint", help="SD checkpoint whose VAE is fine-tuned (models/checkpoints)")
     s1.add_argument("--posterior", choices=["sample", "mode"], default="sample")
-    _common(s1, stage1.DEFAULTS)
+    _common(s1, STAGE1_DEFAULTS)
     s2 = sub.add_parser("stage2", help="IRControlNet on a frozen SD 2.1, hints from the stage-I restoration encoder")
     s2.add_argument("--checkpoint", required=True, help="SD 2.1 checkpoint (models/checkpoints)")
     s2.add_argument("--restoration-vae", required=True, help="stage-I restoration VAE (models/vae)")
@@ -56,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
                                    "the SD UNet's encoder, as AdaptBIR starts")
     s2.add_argument("--prompt", default="", help="training prompt (AdaptBIR: empty)")
     s2.add_argument("--val-steps", type=int, default=20, help="sampling steps of the validation images")
-    _common(s2, stage2.DEFAULTS)
+    _common(s2, STAGE2_DEFAULTS)
     s3 = sub.add_parser("stage3", help="CSFT layers on a frozen SD 2.1 + IRControlNet, mild degradations")
     s3.add_argument("--checkpoint", required=True, help="SD 2.1 checkpoint (models/checkpoints)")
     s3.add_argument("--control", required=True, help=(
@@ -70,7 +71,7 @@ def parser() -> argparse.ArgumentParser:
     s3.add_argument("--sft-channels", type=int, default=128)
     s3.add_argument("--prompt", default="", help="training prompt (AdaptBIR: empty)")
     s3.add_argument("--val-steps", type=int, default=20, help="sampling steps of the validation images")
-    _common(s3, stage3.DEFAULTS)
+    _common(s3, STAGE3_DEFAULTS)
     return ap
 
 
@@ -117,6 +118,8 @@ def build_task(args):
         else:
             path = resolve(args.checkpoint, "checkpoints", "--checkpoint")
             vae = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=False)[2]
+        from . import stage1
+
         return stage1.RestorationVAETask(vae, data, s, posterior=args.posterior, base_model=os.path.basename(path)), s
     import comfy.sd
 
@@ -146,6 +149,8 @@ def build_task(args):
         path = resolve(args.csft_init, "diffbir", "--csft-init")
         sd, meta = load_weights(path, "AdaptBIR CSFT weights", with_metadata=True)
         csft_init = load_csft(sd, meta, args.csft_init).state_dict
+    from . import stage3
+
     task = stage3.CSFTTask(model, vae, restoration_vae, control, context, data, s, musiq=musiq,
                            fixed_kw=tuple(args.fixed_kw or (1.0, 1.0)), csft_init=csft_init,
                            sft_channels=args.sft_channels, val_steps=args.val_steps,
@@ -156,6 +161,7 @@ def build_task(args):
 def _stage2_task(args, s, data, model, vae, restoration_vae, context, base_model):
     from ..modules.controlnet_layout import extract_ircontrolnet
     from ..nodes.common import load_weights
+    from . import stage2
 
     if args.init:
         path = resolve(args.init, "diffbir", "--init")

@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 from ..modules.degradations import realesrgan_degrade
 from .data import CropBatches
+from .defaults import STAGE1_DEFAULTS
 from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
-# AdaptBIR's stage-1 config: Adam, betas (0.5, 0.9), base lr 4.5e-6, batch 5, 512 crops
-DEFAULTS = {"lr": 4.5e-6, "optimizer": "adam", "betas": (0.5, 0.9), "batch_size": 5, "crop": 512}
+DEFAULTS = STAGE1_DEFAULTS  # training/defaults.py
 
 
 class RestorationVAETask(TrainingTask):

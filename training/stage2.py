@@ -29,11 +29,11 @@ from ..modules.degradations import realesrgan_degrade
 from ..nodes.ircontrolnet import IRControlNetControl, build_ircontrolnet, check_unet_fits, hint_from_condition
 from ..nodes.latent import encode, post_quant
 from .data import CropBatches
+from .defaults import STAGE2_DEFAULTS
 from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
-# AdaptBIR's stage-2 config: AdamW lr 1e-4, batch 26/GPU x 4 GPUs x accumulation 4, 512 crops, 70k steps
-DEFAULTS = {"lr": 1e-4, "optimizer": "adamw", "betas": (0.9, 0.999), "batch_size": 4, "crop": 512}
+DEFAULTS = STAGE2_DEFAULTS  # training/defaults.py
 ENCODER_PREFIXES = ("time_embed.", "input_blocks.", "middle_block.")
 
 

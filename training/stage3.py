@@ -26,11 +26,11 @@ from ..nodes.csft import WRAPPER_KEY, CSFTPatch, CSFTWeights, patch_model
 from ..nodes.ircontrolnet import FEATURES, hint_from_condition
 from ..nodes.latent import dual_encode, encode, post_quant
 from .data import CropBatches
+from .defaults import STAGE3_DEFAULTS
 from .loop import TrainingTask, gradient_checkpointing, record_metrics, save_image_grid
 
 FORMAT_VERSION = "1"
-# AdaptBIR's stage-3 config: AdamW, lr 1e-5 (the paper says Adam, 1e-4, 20k iterations), 512 crops
-DEFAULTS = {"lr": 1e-5, "optimizer": "adamw", "betas": (0.9, 0.999), "batch_size": 4, "crop": 512}
+DEFAULTS = STAGE3_DEFAULTS  # training/defaults.py
 
 
 class CSFTTask(TrainingTask):

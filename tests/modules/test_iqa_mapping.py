@@ -71,7 +71,7 @@ def test_per_image_params_in_a_mixed_batch():
 
 
 def test_musiq_builds_offline_with_random_weights_and_scores_images():
-    net = build_musiq("musiq")  # pyiqa's MUSIQ, pretrained=False: no download
+    net = build_musiq("musiq")  # the pack's MUSIQ (modules/musiq.py), random weights
     assert sum(p.numel() for p in net.parameters()) > 20_000_000
     with torch.no_grad():
         out = net(torch.rand(1, 3, 48, 64))
