@@ -37,10 +37,31 @@ def load_rgb(path: str) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0
 
 
+# An image smaller than the crop is upscaled to it; a thin one is first centre-cropped to at most this aspect
+# ratio, so no upscale is longer than MAX_UPSCALE_ASPECT x crop (a 1x400 px image would otherwise become a
+# 512x204800 px float image, 1.2 GB).
+MAX_UPSCALE_ASPECT = 4
+
+
+def cap_aspect(img: torch.Tensor, max_aspect: float) -> torch.Tensor:
+    """(C, H, W) centre-cropped on its long side to at most ``max_aspect`` x its short side (itself if within)."""
+    h, w = img.shape[1:]
+    short = min(h, w)
+    keep = max(1, int(short * max_aspect))
+    if h > keep:
+        top = (h - keep) // 2
+        return img[:, top:top + keep, :]
+    if w > keep:
+        left = (w - keep) // 2
+        return img[:, :, left:left + keep]
+    return img
+
+
 class CropBatches:
     """Batches of random ``crop`` x ``crop`` HQ crops from a folder, a pure function of (seed, step).
 
-    Images smaller than the crop are first resized (bicubic, short side = crop). Decoded images are kept in a
+    Images smaller than the crop are first resized (bicubic, short side = crop; a thin one centre-cropped to at most
+    :data:`MAX_UPSCALE_ASPECT`:1 before, so the upscale stays bounded). Decoded images are kept in a
     small LRU cache. ``batch(step)`` returns ``(hq (B, 3, crop, crop) float32 [0, 1], generator)``; the generator
     is seeded from (seed, step) and has already drawn the crops, so the caller can draw degradations, noise and
     timesteps from it and the whole step stays reproducible.
@@ -61,6 +82,7 @@ class CropBatches:
         img = load_rgb(self.paths[i])
         short = min(img.shape[1:])
         if short < self.crop:
+            img = cap_aspect(img, MAX_UPSCALE_ASPECT)
             h, w = img.shape[1:]
             size = (max(self.crop, round(h * self.crop / short)), max(self.crop, round(w * self.crop / short)))
             img = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
