@@ -874,3 +874,64 @@ def test_training_upscale_of_a_thin_image_is_bounded(pack, tmp_path):
         assert min(img.shape[1:]) == 64 and max(img.shape[1:]) <= 4 * 64, img.shape
     hq, _ = batches.batch(0)
     assert hq.shape == (2, 3, 64, 64)
+
+
+def test_dual_encoder_with_tiles_off_tiles_an_image_the_cpu_memory_cannot_hold(host, executor, tiny, pack, files,
+                                                                               monkeypatch):
+    """tile_size 0 on the CPU: when ComfyUI's own estimate exceeds the free memory the pack encodes in 512 px tiles
+    (ComfyUI's fallback catches only a GPU's out-of-memory error); with enough memory it encodes in one go."""
+    import comfy.model_management as mm
+    import comfy.sd
+
+    calls = []
+    real_tiled, real_whole = comfy.sd.VAE.encode_tiled, comfy.sd.VAE.encode
+    monkeypatch.setattr(comfy.sd.VAE, "encode_tiled",
+                        lambda self, x, **kw: calls.append(("tiled", kw.get("tile_x"))) or real_tiled(self, x, **kw))
+    monkeypatch.setattr(comfy.sd.VAE, "encode", lambda self, x: calls.append(("whole", None)) or real_whole(self, x))
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    p = {**sources(tiny), "img": image_node(tiny, "dual_cpu", image), **_g_dual(tiny, pack, ["img", 0])}
+    run(host, executor, p)
+    assert calls == [("whole", None), ("whole", None)]  # k 0.5: both encoders, each in one go
+    calls.clear()
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1024 ** 2)  # 1 MiB free
+    p["img"] = image_node(tiny, "dual_cpu_small_memory", image.flip(1))  # another input: not cached
+    run(host, executor, p)
+    assert calls == [("tiled", 512), ("tiled", 512)]
+    assert out(host, executor, "n")["samples"].shape == (1, 4, 8, 8)
+
+
+def test_guidance_auto_mode_starts_tiled_when_even_checkpointing_does_not_fit(pack):
+    """auto: full while it fits half the free memory, then checkpoint, then tiles (fp32, the SD VAE's counts)."""
+    g = pack("nodes.guidance")
+    gib = 1024 ** 3
+    lat = {px: (1, 4, px // 8, px // 8) for px in (512, 1024, 2048, 4096, 8192)}
+    free = 13 * gib  # a 16 GB machine
+    assert g.auto_memory_mode(lat[512], torch.float32, free) == "full"  # ~5.7 GiB counted
+    assert g.auto_memory_mode(lat[1024], torch.float32, free) == "tiled"  # checkpoint ~8.5 GiB > half of 13
+    assert g.auto_memory_mode(lat[1024], torch.float32, 24 * gib) == "checkpoint"
+    for px in (2048, 4096, 8192):
+        assert g.auto_memory_mode(lat[px], torch.float32, free) == "tiled"
+
+
+@pytest.mark.parametrize("shape,refused_", [((1, 4000, 6000, 3), False), ((1, 4001, 6000, 3), True),
+                                            ((3, 2000, 4001, 3), True)])
+def test_degrade_image_refuses_beyond_its_ceiling(host, executor, tiny, pack, shape, refused_, monkeypatch):
+    """24 MP per run (batch x height x width); checked before any work (the pipeline is a spy here: the ceiling is
+    about what reaches it)."""
+    degrade = pack("nodes.degrade")
+    seen = []
+
+    def spy(x, generator, scale=4.0, per_sample=True):
+        seen.append(tuple(x.shape))
+        raise ValueError("scale: spy reached")
+
+    monkeypatch.setattr(degrade, "realesrgan_degrade", spy)
+    image = torch.zeros(shape[0], 1, 1, 3).expand(shape)  # no 24-MP allocation for the test
+    p = {"img": image_node(tiny, f"degrade_{shape}", image), **_g_degrade(tiny, pack, ["img", 0])}
+    if refused_:
+        refused(host, executor, p, "AdaptBIR_DegradeImage", "image: expected at most 24 MP per run of Degrade Image",
+                f"found {shape[0]} x {shape[2]}x{shape[1]}")
+        assert seen == []
+    else:
+        refused(host, executor, p, "AdaptBIR_DegradeImage", "scale: spy reached")
+        assert seen == [(1, 3, 4000, 6000)]
