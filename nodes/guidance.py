@@ -153,8 +153,8 @@ class RestorationGuidance:
         memory: rgb space only. "full" = whole image, every activation kept; "checkpoint" = whole image with
             per-block gradient checkpointing; "auto" = "full" while its activations (estimated, see
             :func:`full_guidance_bytes`) take at most half the device's free memory, else "checkpoint" while that
-            does, else "tiled" (:func:`auto_memory_mode`); "tiled" = decode and back-propagate per ``tile_size``
-            tile (8 latent px halo), checkpointed. On out-of-memory every mode frees the cache and retries the
+            does, else "tiled" (:func:`auto_memory_mode`); "tiled" = decode and back-propagate per
+            ``tile_size`` tile (8 latent px halo), checkpointed. On out-of-memory every mode frees the cache and retries the
             same update tiled (``tile_size``, then halved down to 128 px); later steps keep the tile size that
             worked. PackError when 128 px tiles still run out of memory.
         precision: rgb space only. "auto" (ComfyUI's VAE dtype for the device), "fp32", "bf16", "fp16": the

@@ -416,7 +416,7 @@ def _damaged_cells():
 
 def _victim(sd: dict, prefix: str = "") -> str:
     """The key the damage goes to: the first 2-D-or-more float tensor by name (a real weight) under ``prefix``."""
-    return sorted(k for k, v in sd.items() if v.ndim >= 2 and v.is_floating_point() and k.startswith(prefix))[0]
+    return min(k for k, v in sd.items() if v.ndim >= 2 and v.is_floating_point() and k.startswith(prefix))
 
 
 def damage_state_dict(sd: dict, damage: str, prefix: str = ""):

@@ -3,6 +3,7 @@ training checkpoints survive a crash in the middle of writing the next one; Comf
 exactly when one of its inputs or its model file changes."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,9 +219,8 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_which(pack, 
                                                    val_every=0, device="cpu"))
     loop.run(TinyTask(), settings(6))  # steps 2, 4, 6 saved
     newest = loop.checkpoint_paths(str(tmp_path / "run"))[-1]
-    data = open(newest, "rb").read()
-    with open(newest, "wb") as f:
-        f.write(data[: len(data) // 2])  # truncated (a crash or a full disk while copying)
+    data = Path(newest).read_bytes()
+    Path(newest).write_bytes(data[: len(data) // 2])  # truncated (a crash or a full disk while copying)
     capsys.readouterr()
     resumed = loop.run(TinyTask(), settings(8))
     err = capsys.readouterr().err
