@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 
 from .manifest import OutputLock
@@ -67,12 +68,19 @@ def _error_text(messages) -> str:
 
 
 def _check_no_input_is_lost(files: list, input_dir: str, output_dir: str) -> None:
-    """WorkflowError when an output could replace an input (the same folder) or two inputs would be saved under the
-    same output name (``a.jpg`` and ``a.png`` -> ``a.png``)."""
-    if os.path.realpath(output_dir) == os.path.realpath(input_dir):
+    """WorkflowError when an output could replace an input (the same folder, or one folder inside the other) or two
+    inputs would be saved under the same output name (``a.jpg`` and ``a.png`` -> ``a.png``)."""
+    out_real, in_real = os.path.realpath(output_dir), os.path.realpath(input_dir)
+    if out_real == in_real:
         raise WorkflowError(f"output folder: expected a folder other than the input folder (outputs named like the "
                             f"inputs would replace them), found the input folder itself ({output_dir}); choose "
                             f"another output folder")
+    for inner, outer, how in ((out_real, in_real, "inside the input folder"),
+                              (in_real, out_real, "that contains the input folder")):
+        if os.path.commonpath([inner, outer]) == outer:
+            raise WorkflowError(f"output folder: expected a folder apart from the input folder (neither inside the "
+                                f"other), found one {how} ({output_dir} and {input_dir}); choose an output folder "
+                                f"outside it")
     by_target: dict = {}
     for name in files:
         by_target.setdefault(os.path.splitext(name)[0] + ".png", []).append(name)
@@ -165,7 +173,9 @@ def run_batch(workflow_path: str, input_dir: str, output_dir: str, *, overwrite:
     files = input_images(input_dir, output_dir)
     os.makedirs(output_dir, exist_ok=True)
     lock = OutputLock(output_dir).acquire()  # one run per output folder
-    work = os.path.join(output_dir, ".batch-work")
+    # ComfyUI's Save Image writes here first; a new folder of this run, so removing it at the end can never remove
+    # a folder (or files) that were there before
+    work = tempfile.mkdtemp(prefix=".batch-work-", dir=output_dir)
     old_in, old_out = folder_paths.get_input_directory(), folder_paths.get_output_directory()
     folder_paths.set_input_directory(os.path.abspath(input_dir))
     folder_paths.set_output_directory(os.path.abspath(work))

@@ -43,6 +43,7 @@ PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 WHAT = "a DiffBIR stage-1 SwinIR restorer (general_swinir_v1.ckpt, face_swinir_v1.ckpt, " \
        "realesrgan_s4_swinir_100k.pth or codeformer_swinir.ckpt)"
 MIN_OOM_TILE = 128
+FALLBACK_TILE = 512  # px (stride 256, DiffBIR's): what tile_size 0 falls back to when the image does not fit
 log = logging.getLogger(__name__)
 
 
@@ -237,6 +238,13 @@ def run_swinir(patcher, x: torch.Tensor, tile_size: int, tile_stride: int) -> to
         return net(t.to(device=device, dtype=dtype)).to(device=out_device, dtype=torch.float32)
 
     tile, stride = tile_size, tile_stride
+    if tile <= 0:  # tiles off: refuse to start a whole-image pass the device cannot hold (on CPU the allocator
+        # would fail with a raw message, or the system would start swapping); tile instead
+        need, free = _swinir_memory(net, h, w, dtype), mm.get_free_memory(device)
+        if need > free:
+            tile, stride = min(FALLBACK_TILE, max(h, w)), FALLBACK_TILE // 2
+            log.warning("Stage-1 Restore: tile_size 0 would need about %.1f GiB for this %dx%d image but %.1f GiB "
+                        "are free; processing it in %d px tiles instead", need / 2**30, w, h, free / 2**30, tile)
     pbar = comfy.utils.ProgressBar(b * count_tiles(h, w, tile or max(h, w), stride if tile else 1))
     outs = []
     for i in range(b):
@@ -340,7 +348,9 @@ class Stage1Restore(io.ComfyNode):
                 io.Int.Input("tile_size", default=512, min=0, max=8192, step=64, tooltip=(
                     "Process the image in tiles of this many pixels (input pixels); 0 = whole image at once. "
                     "Smaller tiles need less memory. Multiples of 64 suit SwinIR (other sizes are padded). If the "
-                    "image fits in one tile the result is the same as untiled.")),
+                    "image fits in one tile the result is the same as untiled. With 0, an image too large for the "
+                    "free memory is processed in 512 px tiles anyway (and any size falls back to smaller tiles "
+                    "when memory runs out).")),
                 io.Int.Input("tile_stride", default=256, min=8, max=8192, step=8, tooltip=(
                     "Distance between tiles in pixels (at most tile_size); tile_size - tile_stride is the overlap "
                     "that is blended. DiffBIR: 512 / 256.")),

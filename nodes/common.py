@@ -6,6 +6,7 @@ import math
 import os
 import re
 
+import torch
 from comfy_api.latest import io
 
 from ..modules.image_ops import to_rgb_bchw
@@ -90,7 +91,95 @@ def load_weights(path: str, what: str, with_metadata: bool = False):
         raise PackError(_unreadable(name, what, e)) from None
     if not isinstance(sd, dict) or not sd:
         raise PackError(f"{name}: expected {what}, found no tensors in the file")
+    check_weights(sd, name, what)
     return (sd, metadata or {}) if with_metadata else sd
+
+
+# Weight dtypes every loader accepts: floating point, fp8 (ComfyUI's scaled/fp8 checkpoints) and torch's quantised
+# types. Integer tensors are accepted only as the index buffers some architectures save with their weights, and
+# int8/uint8 only in files of a known quantisation format (bitsandbytes: ``quant_state`` / ``SCB`` keys).
+FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64} | {
+    getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    if hasattr(torch, n)}
+QUANTISED_DTYPES = {getattr(torch, n) for n in ("qint8", "quint8", "qint32", "quint4x2") if hasattr(torch, n)}
+INDEX_BUFFERS = ("position_ids", "num_batches_tracked", "relative_position_index")
+_FP8 = {d for d in FLOAT_DTYPES if "float8" in str(d)}
+
+
+def check_weights(sd: dict, name: str, what: str) -> None:
+    """The one validation of every loaded weights file, before any network is built: raise PackError naming the
+    file, the key, what was expected and what was found unless every value is a tensor (nested dicts of tensors,
+    e.g. ``{"params": {...}}``, are walked; plain numbers or strings next to such a dict, a trainer's ``epoch``, are
+    ignored), of a float, fp8 or quantised dtype (integer tensors only as index buffers, :data:`INDEX_BUFFERS`, or
+    in a bitsandbytes file), and holds finite values only (no NaN or inf)."""
+    def walk(d: dict, prefix: str, top: bool):
+        nested = any(isinstance(v, dict) for v in d.values())
+        for key, value in d.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, dict):
+                yield from walk(value, full + ".", False)
+            elif isinstance(value, torch.Tensor):
+                yield full, value
+            elif not (top and nested and isinstance(value, (int, float, str))):
+                raise PackError(f"{name}: expected {what} (tensors only), found a {type(value).__name__} at key "
+                                f"'{full}'; the file is not a weights file this loader reads")
+
+    quant_file = None
+    for key, t in walk(sd, "", True):
+        if t.dtype in FLOAT_DTYPES or t.dtype in QUANTISED_DTYPES:
+            pass
+        elif not t.is_floating_point() and key.rsplit(".", 1)[-1] in INDEX_BUFFERS:
+            continue
+        elif t.dtype in (torch.int8, torch.uint8):
+            if quant_file is None:
+                quant_file = any("quant_state" in str(k) or str(k).endswith(".SCB") for k in _flat_keys(sd))
+            if not quant_file:
+                raise PackError(f"{name}: expected {what} with float tensors (or a known quantised format), found "
+                                f"dtype {t.dtype} at key '{key}' in a file of no known quantisation format")
+            continue
+        else:
+            raise PackError(f"{name}: expected {what} with float tensors (float16/bfloat16/float32, fp8 or a "
+                            f"quantised type), found dtype {t.dtype} at key '{key}'; the file may be corrupt or "
+                            f"another kind of file")
+        if t.dtype in QUANTISED_DTYPES or t.numel() == 0 or t.device.type == "meta":
+            continue
+        finite = torch.isfinite(t.to(torch.float16) if t.dtype in _FP8 else t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise PackError(f"{name}: expected {what} with finite values, found NaN or inf at key '{key}' ({bad} of "
+                            f"{t.numel()} values); the file is damaged or was saved from a diverged training run")
+
+
+def size_mismatch_error(name: str, what: str, err: BaseException) -> PackError | None:
+    """The PackError for torch's ``load_state_dict`` "size mismatch for KEY: copying a param with shape A from
+    checkpoint, the shape in current model is B" (naming the file, the key, the expected and the found shape), or
+    None when ``err`` is not that error."""
+    m = re.search(r"size mismatch for ([\w.]+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+                  r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)", str(err))
+    if m is None:
+        return None
+    return PackError(f"{name}: expected {what} whose tensor '{m.group(1)}' has shape [{m.group(3)}] (the recognised "
+                     f"layout), found shape [{m.group(2)}]")
+
+
+def _flat_keys(d: dict):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat_keys(v)
+        else:
+            yield k
+
+
+def check_shapes(name: str, sd: dict, expected: dict, what: str, prefix: str = "") -> None:
+    """PackError naming the file, the first key whose shape differs, the expected and the found shape, when a
+    tensor of ``sd`` (its key with ``prefix`` removed) has another shape than the same key of ``expected`` (a
+    network's ``state_dict()``, meta tensors are fine); keys only one side has are left to the loader."""
+    for key, t in sd.items():
+        k = key[len(prefix):] if prefix and key.startswith(prefix) else key
+        ref = expected.get(k)
+        if ref is not None and isinstance(t, torch.Tensor) and tuple(t.shape) != tuple(ref.shape):
+            raise PackError(f"{name}: expected {what} whose tensor '{key}' has shape {list(ref.shape)} (the "
+                            f"recognised layout), found shape {list(t.shape)}")
 
 
 def _unreadable(name: str, what: str, e: Exception) -> str:
@@ -175,12 +264,17 @@ def choice_error(node_cls, values: dict) -> str | None:
 
 
 def is_oom(err: BaseException) -> bool:
-    """True for an out-of-memory error of the torch device (``comfy.model_management.OOM_EXCEPTION``), never for
+    """True for an out-of-memory error of the torch device (``comfy.model_management.OOM_EXCEPTION``, or the CPU
+    allocator's "DefaultCPUAllocator: can't allocate memory" RuntimeError), never for
     the pack's own errors or a cancel. On torch builds without ``OutOfMemoryError`` ComfyUI's OOM_EXCEPTION is plain
     ``Exception``; then only the message can say it."""
     import comfy.model_management as mm
 
-    if isinstance(err, (PackError, mm.InterruptProcessingException)) or not isinstance(err, mm.OOM_EXCEPTION):
+    if isinstance(err, (PackError, mm.InterruptProcessingException)):
+        return False
+    if isinstance(err, RuntimeError) and "DefaultCPUAllocator" in str(err):  # CPU: a plain RuntimeError
+        return True
+    if not isinstance(err, mm.OOM_EXCEPTION):
         return False
     return mm.OOM_EXCEPTION is not Exception or "out of memory" in str(err).lower()
 

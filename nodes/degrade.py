@@ -10,6 +10,11 @@ from ..modules.image_ops import to_bhwc
 from .aliases import aliases_for
 from .common import CAT_IMAGE, PackError, check_interrupt, input_image
 
+# The ceiling: the pipelines work on the whole batch at full resolution, about 220 bytes of working memory per
+# pixel (measured for realesrgan: 0.87 GiB at 2048x2048, docs/performance-memory.md); 24 MP (a 6000x4000 photo)
+# stays near 5 GiB. Beyond it the node refuses (a degraded 8k image is not a useful test input anyway).
+DEGRADE_MAX_PIXELS = 24_000_000
+
 # option -> (pipeline, CodeFormer preset). The option names are stored in saved workflows: never rename them.
 PIPELINES = {
     "realesrgan": ("realesrgan", None),
@@ -72,7 +77,9 @@ class DegradeImage(io.ComfyNode):
                 "The result keeps the input size. Seeded: the same seed, pipeline and image give bit-identical "
                 "output (computed on the CPU). Each image of a batch gets its own random parameters."),
             inputs=[
-                io.Image.Input("image", tooltip="The clean image(s) to degrade (RGB, RGBA or grey; alpha is dropped)."),
+                io.Image.Input("image", tooltip=(
+                    "The clean image(s) to degrade (RGB, RGBA or grey; alpha is dropped). At most 24 MP per run "
+                    "(batch x height x width), about 5 GiB of memory.")),
                 io.Combo.Input("pipeline", options=list(PIPELINES), default="realesrgan", tooltip=(
                     "realesrgan = Real-ESRGAN second-order chain (DiffBIR v2.1, AdaptBIR stages I-II), strongest; "
                     "codeformer_* = DiffBIR's first-order blur/down/noise/JPEG with the ranges of DiffBIR "
@@ -99,6 +106,12 @@ class DegradeImage(io.ComfyNode):
             raise PackError(f"pipeline: expected one of {list(PIPELINES)}, found {pipeline!r}")
         check_interrupt()
         x = input_image(image, "image").cpu()
+        b, _, h, w = x.shape
+        if b * h * w > DEGRADE_MAX_PIXELS:
+            raise PackError(f"image: expected at most {DEGRADE_MAX_PIXELS / 1e6:.0f} MP per run of Degrade Image "
+                            f"(batch x height x width; it degrades the whole batch at once, about 220 bytes per "
+                            f"pixel), found {b} x {w}x{h} = {b * h * w / 1e6:.1f} MP; crop or downscale the image, "
+                            f"or split the batch")
         generator = torch.Generator().manual_seed(int(seed))
         kind, preset = PIPELINES[pipeline]
         try:

@@ -125,6 +125,20 @@ def full_guidance_bytes(latent_shape, dtype) -> int:
     return int(b * h * 8 * w * 8 * FULL_BYTES_PER_PIXEL_ELEMENT * torch.empty((), dtype=dtype).element_size())
 
 
+CHECKPOINT_BYTES_PER_PIXEL_ELEMENT = 2176  # the same with checkpointing (8.5 GiB at 1024², 34 GiB at 2048², fp32)
+
+
+def auto_memory_mode(latent_shape, dtype, free_bytes: int) -> str:
+    """The mode ``auto`` starts with: "full" when its estimate (:func:`full_guidance_bytes`) takes at most half of
+    ``free_bytes``, else "checkpoint" when the checkpointed whole-image decode does, else "tiled" (so a large image
+    never starts with an allocation the device cannot hold: on the CPU that error is not a clean out-of-memory)."""
+    if full_guidance_bytes(latent_shape, dtype) <= free_bytes / 2:
+        return "full"
+    checkpointed = full_guidance_bytes(latent_shape, dtype) * CHECKPOINT_BYTES_PER_PIXEL_ELEMENT \
+        // FULL_BYTES_PER_PIXEL_ELEMENT
+    return "checkpoint" if checkpointed <= free_bytes / 2 else "tiled"
+
+
 class RestorationGuidance:
     """Post-CFG function ``fn(args) -> denoised`` applying DiffBIR's guidance (see module docstring).
 
@@ -138,8 +152,9 @@ class RestorationGuidance:
         block_size: Sobel block size of the w_mse weight map.
         memory: rgb space only. "full" = whole image, every activation kept; "checkpoint" = whole image with
             per-block gradient checkpointing; "auto" = "full" while its activations (estimated, see
-            :func:`full_guidance_bytes`) take at most half the device's free memory, else "checkpoint"; "tiled" = decode and back-propagate per ``tile_size``
-            tile (8 latent px halo), checkpointed. On out-of-memory every mode frees the cache and retries the
+            :func:`full_guidance_bytes`) take at most half the device's free memory, else "checkpoint" while that
+            does, else "tiled" (:func:`auto_memory_mode`); "tiled" = decode and back-propagate per
+            ``tile_size`` tile (8 latent px halo), checkpointed. On out-of-memory every mode frees the cache and retries the
             same update tiled (``tile_size``, then halved down to 128 px); later steps keep the tile size that
             worked. PackError when 128 px tiles still run out of memory.
         precision: rgb space only. "auto" (ComfyUI's VAE dtype for the device), "fp32", "bf16", "fp16": the
@@ -227,8 +242,13 @@ class RestorationGuidance:
         h, w = x0.shape[-2:]
         while True:
             tile_px, dtype = self.tile_px, self._dtype(device)
-            checkpointed = tile_px is not None or self.memory == "checkpoint" or (
-                self.memory == "auto" and full_guidance_bytes(x0.shape, dtype) > mm.get_free_memory(device) / 2)
+            auto = auto_memory_mode(x0.shape, dtype, mm.get_free_memory(device)) \
+                if self.memory == "auto" and tile_px is None else None
+            if auto == "tiled":
+                tile_px = self.tile_px = self.tile_size
+                log.info("Restoration guidance: a %dx%d px image does not fit the free memory even with "
+                         "checkpointing; decoding in %d px tiles", w * 8, h * 8, tile_px)
+            checkpointed = tile_px is not None or self.memory == "checkpoint" or auto == "checkpoint"
             failed = False
             try:
                 decode = self._decode_fn(latent_format, device, dtype, checkpointed)

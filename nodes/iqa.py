@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
+import torch
+import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..modules import iqa as iqa_mod
-from ..modules.image_ops import downscale_max_side, upscale_min_side
+from ..modules.image_ops import downscale_max_side
 from ..modules.weights_kind import identify_weights
 from .aliases import aliases_for
 from .common import (
@@ -28,6 +31,48 @@ from .manifest import where_to_get
 IQA_FOLDER = "iqa"
 AUTO = "auto"
 MUSIQ_MIN_SIDE = 32  # one MUSIQ patch
+# The scoring ceiling. MUSIQ attends over every 32x32 patch of the image it scores, so its memory grows with the
+# square of the pixel count (a 16-MP photo asked for a 6.6 GB attention matrix). AdaptBIR scores the image at the
+# size it restores (short side 512 and up, e.g. 512x512 or a DIV2K-size 2040x1356); up to this many pixels the
+# node scores exactly like that. Larger images are shrunk to it (area filter, aspect kept): about 1.5 GiB of
+# working memory on CPU (docs/performance-memory.md).
+MUSIQ_MAX_PIXELS = 2048 * 2048
+
+
+def scoring_size(height: int, width: int, max_pixels: int | None = None,
+                 min_side: int = MUSIQ_MIN_SIDE) -> tuple[int, int]:
+    """The (height, width) MUSIQ scores an image of ``height`` x ``width`` px at: unchanged when it has at least
+    ``min_side`` px on its short side and at most ``max_pixels`` (default :data:`MUSIQ_MAX_PIXELS`) pixels;
+    a thinner image is brought up to ``min_side`` on its short side (aspect kept); one above the ceiling is brought
+    down to it. PackError naming the image when both cannot hold (an aspect ratio above max_pixels / min_side^2),
+    so no size is ever computed beyond the ceiling."""
+    max_pixels = MUSIQ_MAX_PIXELS if max_pixels is None else int(max_pixels)
+    scale = max(1.0, min_side / min(height, width))
+    if height * width * scale * scale > max_pixels:
+        scale = math.sqrt(max_pixels / (height * width))
+    if scale == 1.0:
+        h, w = height, width
+    elif scale > 1.0:  # thin: short side up to min_side (as before the ceiling existed)
+        h, w = max(min_side, round(height * scale)), max(min_side, round(width * scale))
+    else:
+        h, w = max(1, int(height * scale)), max(1, int(width * scale))
+    if min(h, w) < min_side or h * w > max_pixels:
+        raise PackError(
+            f"image: expected an aspect ratio MUSIQ can score (at least {min_side} px on the short side within "
+            f"{max_pixels} pixels, at most {max_pixels // (min_side * min_side)}:1), found {width}x{height} (width x "
+            f"height); crop it to a less extreme aspect ratio first")
+    return h, w
+
+
+def fit_for_scoring(x: torch.Tensor, max_pixels: int | None = None) -> torch.Tensor:
+    """(B, 3, H, W) float [0, 1] resized to :func:`scoring_size` (bicubic up, area down; itself when unchanged)."""
+    h, w = x.shape[-2:]
+    th, tw = scoring_size(h, w, max_pixels)
+    if (th, tw) == (h, w):
+        return x
+    if th <= h and tw <= w:
+        return F.interpolate(x, size=(th, tw), mode="area")
+    return F.interpolate(x, size=(th, tw), mode="bicubic", align_corners=False).clamp(0.0, 1.0)
 
 
 class _MusiqCache:
@@ -156,8 +201,9 @@ class IQAClassifier(io.ComfyNode):
                 io.Float.Input("w_max", default=1.0, min=0.0, max=2.0, step=0.01, tooltip=(
                     "CSFT strength for mild images; the medium band scales up to it.")),
                 io.Int.Input("score_max_side", default=0, min=0, max=8192, step=8, tooltip=(
-                    "0 = score at full resolution (AdaptBIR). A value > 0 first shrinks images whose longer side "
-                    "exceeds it, which is faster but changes the score.")),
+                    "0 = score at full resolution (AdaptBIR) up to 2048x2048 pixels (4.2 MP); larger images are "
+                    "shrunk to that pixel count so memory stays bounded (the node says so). A value > 0 first "
+                    "shrinks images whose longer side exceeds it, which is faster but changes the score.")),
             ],
             outputs=[
                 RestoreParams.Output("params", display_name="params", tooltip=(
@@ -212,7 +258,13 @@ class IQAClassifier(io.ComfyNode):
         if metric not in iqa_mod.MUSIQ_VARIANTS:
             raise PackError(f"metric: expected one of {list(iqa_mod.MUSIQ_VARIANTS)}, found {metric!r}")
         x = input_image(image, "image")
-        x = upscale_min_side(downscale_max_side(x, score_max_side), MUSIQ_MIN_SIDE)
+        x = downscale_max_side(x, score_max_side)
+        size = tuple(x.shape[-2:])
+        x = fit_for_scoring(x)
+        ceiling = ""
+        if x.shape[-2] * x.shape[-1] < size[0] * size[1]:
+            ceiling = (f"scored at {x.shape[-1]}x{x.shape[-2]} (shrunk from {size[1]}x{size[0]}: above the "
+                       f"{MUSIQ_MAX_PIXELS / 1e6:.1f} MP scoring ceiling)\n")
 
         patcher = MUSIQ_CACHE.get(metric, resolve_musiq_weights(metric, weights))
         mm.load_models_gpu([patcher])
@@ -223,7 +275,7 @@ class IQAClassifier(io.ComfyNode):
         params = iqa_mod.params_from_scores(
             scores, metric=metric, mode=mode, score_scale=scale, t_low=low_threshold / 100.0,
             t_high=high_threshold / 100.0, k_max=k_max, w_max=w_max)
-        text = params.summary()
+        text = ceiling + params.summary()
         show_text_on_node(cls.hidden.unique_id, text)
         return io.NodeOutput(params, params.k[0], params.w[0], params.scores[0], params.classes[0],
                              ui=ui.PreviewText(text))

@@ -16,12 +16,14 @@ from .aliases import aliases_for
 from .common import (
     PackError,
     RestoreCondition,
+    check_shapes,
     choice_error,
     file_fingerprint,
     load_weights,
     missing_file_error,
     model_file_path,
     show_text_on_node,
+    size_mismatch_error,
     widget_bounds_error,
 )
 from .file_lists import loader_options
@@ -271,11 +273,21 @@ def load_ircontrolnet(path: str, name: str) -> IRControlNetControl:
     import comfy.model_patcher
 
     sd, metadata = load_weights(path, "IRControlNet weights (DiffBIR/AdaptBIR)", with_metadata=True)
+    what = "IRControlNet weights (DiffBIR/AdaptBIR)"
     try:
         layout, control_sd = extract_ircontrolnet(sd, metadata)
+        first = control_sd.get("input_blocks.0.0.weight")
+        if first is not None and first.ndim == 4 and first.shape[0] % 32:  # GroupNorm(32) needs whole groups
+            raise PackError(f"{name}: expected {what} whose tensor 'input_blocks.0.0.weight' has a multiple of 32 "
+                            f"output channels (the base width), found shape {list(first.shape)}")
+        check_shapes(name, control_sd, build_ircontrolnet(control_sd, device="meta")[0].state_dict(), what)
         net, _ = build_ircontrolnet(control_sd)
     except ValueError as e:
+        if isinstance(e, PackError):
+            raise
         raise PackError(f"{name}: {e}") from None
+    except RuntimeError as e:
+        raise (size_mismatch_error(name, what, e) or e) from None
     patcher = comfy.model_patcher.ModelPatcher(net, load_device=mm.get_torch_device(),
                                                offload_device=mm.unet_offload_device())
     return IRControlNetControl(patcher, layout, name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -29,6 +31,8 @@ from .common import (
     input_image,
 )
 
+log = logging.getLogger(__name__)
+
 # Key under which a LATENT carries the crop record (see make_condition); samplers copy the dict, so it survives
 # sampling.
 CROP_KEY = "adaptbir_crop"
@@ -46,13 +50,35 @@ def encode(vae, pixels_bchw: torch.Tensor, tile_size: int) -> torch.Tensor:
     """Encode (B,3,H,W) [0,1] with a ComfyUI VAE -> raw latent (B,C,h,w) float32 (the posterior mode).
 
     H and W must already be multiples of the VAE's compression so ComfyUI does not crop. ``tile_size`` > 0 forces
-    tiled encoding with that tile (pixels); 0 lets ComfyUI decide (it falls back to tiles when memory runs out).
+    tiled encoding with that tile (pixels); 0 lets ComfyUI decide (it falls back to tiles when memory runs out), and
+    on the CPU encodes in 512 px tiles when ComfyUI's estimate exceeds the free memory (:func:`_fits_whole`).
     """
     image = to_bhwc(pixels_bchw)
+    if tile_size <= 0 and not _fits_whole(vae, pixels_bchw):
+        tile_size = CPU_FALLBACK_TILE
+        log.warning("Dual Encoder: a %dx%d px image does not fit the free CPU memory in one pass; encoding it in "
+                    "%d px tiles", pixels_bchw.shape[-1], pixels_bchw.shape[-2], tile_size)
     if tile_size > 0:
         overlap = max(8, tile_size // 8)
         return vae.encode_tiled(image, tile_x=tile_size, tile_y=tile_size, overlap=overlap).float()
     return vae.encode(image).float()
+
+
+CPU_FALLBACK_TILE = 512  # px: tile_size 0 on CPU for an image the free memory cannot hold in one pass
+
+
+def _fits_whole(vae, pixels_bchw: torch.Tensor) -> bool:
+    """False when ``vae`` runs on the CPU and ComfyUI's own estimate for encoding ``pixels_bchw`` in one pass
+    exceeds the free memory. On a GPU ComfyUI catches its out-of-memory error and retries in tiles; on the CPU the
+    allocator's error is a plain RuntimeError it does not catch (or the system swaps), so the pack decides first."""
+    import comfy.model_management as mm
+
+    device = getattr(vae, "device", None)
+    estimate = getattr(vae, "memory_used_encode", None)
+    if device is None or torch.device(device).type != "cpu" or estimate is None:
+        return True
+    need = estimate(tuple(pixels_bchw.shape), getattr(vae, "vae_dtype", torch.float32))
+    return need <= mm.get_free_memory(torch.device("cpu"))
 
 
 def post_quant(vae, z: torch.Tensor) -> torch.Tensor | None:
@@ -174,8 +200,9 @@ class DualEncoderInterpolate(io.ComfyNode):
                     "Pad the image (edge pixels repeated, bottom/right) to a multiple of this many pixels before "
                     "encoding. 64 = AdaptBIR/DiffBIR (the UNet's full downsampling); 8 = the VAE minimum.")),
                 io.Int.Input("tile_size", default=0, min=0, max=4096, step=64, tooltip=(
-                    "0 = encode in one go (ComfyUI falls back to tiles if memory runs out). > 0 = always encode "
-                    "in tiles of this many pixels, for very large images.")),
+                    "0 = encode in one go (ComfyUI falls back to tiles if memory runs out; on the CPU an image "
+                    "too large for the free memory is encoded in 512 px tiles). > 0 = always encode in tiles of "
+                    "this many pixels, for very large images.")),
                 RestoreParams.Input("params", optional=True, tooltip=(
                     "Per-image parameters from IQA Classifier; when connected its k replaces the k widget, image "
                     "by image.")),

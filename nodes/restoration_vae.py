@@ -14,6 +14,7 @@ from .common import (
     missing_file_error,
     model_file_path,
     show_text_on_node,
+    size_mismatch_error,
 )
 from .file_lists import loader_options
 
@@ -96,6 +97,9 @@ class RestorationVAELoader(io.ComfyNode):
         try:
             restoration_vae = build_vae(vae_sd)
         except (RuntimeError, ValueError, KeyError) as e:
+            shape = size_mismatch_error(ckpt_name, f"an AdaptBIR/SUPIR restoration VAE ({found})", e)
+            if shape is not None:
+                raise shape from None
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise PackError(f"ckpt_name '{ckpt_name}': found the {found}, but its weights do not build a KL VAE "
                             f"({type(e).__name__}: {reason})") from None

@@ -94,8 +94,9 @@ def guidance_memory_inputs() -> list:
     them after the required widgets, i.e. right after ``block_size``."""
     return [
         io.Combo.Input("g_memory", options=MEMORY_MODES, default="auto", optional=True, tooltip=(
-            "Memory use of rgb-space guidance (latent space ignores it). auto = checkpoint, switching to tiles "
-            "only if memory runs out. full = keep every activation of the VAE decoder (fastest, most memory: "
+            "Memory use of rgb-space guidance (latent space ignores it). auto = checkpoint (full when it fits "
+            "in half the free memory), tiles when even checkpointing would not fit or memory runs out. full = "
+            "keep every activation of the VAE decoder (fastest, most memory: "
             "~22 GB at 1024 px in fp32). checkpoint = recompute each decoder block in the backward pass (a fifth "
             "of the memory or less, ~+50% guidance compute). tiled = decode and backpropagate tile by tile "
             "(g_tile_size, 64 px halo; ~1.56x decoder compute at 512 px tiles, gradient slightly approximate at "

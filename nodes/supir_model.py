@@ -107,8 +107,8 @@ def build_adapter(unet_config: dict, adapter_sd: dict, dtype, device=None):
     if missing or unexpected or wrong:
         detail = [f"{len(missing)} missing (e.g. {missing[:2]})" if missing else "",
                   f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})" if unexpected else "",
-                  f"{len(wrong)} with other shapes (e.g. {wrong[0]}: file {tuple(adapter_sd[wrong[0]].shape)}, "
-                  f"model {tuple(own[wrong[0]].shape)})" if wrong else ""]
+                  f"{len(wrong)} with other shapes (e.g. {wrong[0]}: expected {tuple(own[wrong[0]].shape)} for "
+                  f"this UNet, found {tuple(adapter_sd[wrong[0]].shape)} in the file)" if wrong else ""]
         raise ValueError("the SUPIR weights do not fit this SDXL UNet (model_channels "
                          f"{cfg['model_channels']}, levels {list(cfg['channel_mult'])}): "
                          + ", ".join(d for d in detail if d))

@@ -1,5 +1,6 @@
 """The training loop both stages share: optimiser, mixed precision, gradient checkpointing, checkpoints with exact
-resume, a progress bar with loss and ETA, periodic validation images, and Ctrl-C that saves before it stops."""
+resume (from the newest intact one), a progress bar with loss and ETA, periodic validation images, and Ctrl-C or
+any error that saves before it stops."""
 
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def checkpoint_paths(out_dir: str) -> list[str]:
     return sorted(glob.glob(os.path.join(out_dir, "checkpoints", "step_*.pt")))
 
 
+def newest_intact_checkpoint(paths: list[str]):
+    """``(path, checkpoint dict)`` of the newest readable checkpoint of ``paths`` (sorted oldest first). A newer
+    one that cannot be read (truncated by a crash or a full disk) is renamed to ``<name>.unreadable`` (kept, never
+    deleted, and out of the rotation) with a message saying which one is used instead. ValueError when none can
+    be read."""
+    bad = []
+    for path in reversed(paths):
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(ckpt, dict) or not {"step", "trainable", "optimizer", "config"} <= set(ckpt):
+                raise ValueError("not a checkpoint of this training loop")
+        except Exception as e:  # noqa: BLE001 - any unreadable file: fall back to the previous one
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+            bad.append(f"{os.path.basename(path)} ({type(e).__name__}: {reason})")
+            os.replace(path, path + ".unreadable")
+            print(f"resume: {path} cannot be read; it was renamed to {os.path.basename(path)}.unreadable and the "
+                  f"previous checkpoint is tried", file=sys.stderr)
+            continue
+        return path, ckpt
+    raise ValueError(f"resume: expected an intact checkpoint in {os.path.dirname(paths[0])}, found only unreadable "
+                     f"ones ({'; '.join(bad)}); they were renamed to *.unreadable. Start again with --no-resume "
+                     f"or another output folder")
+
+
 def _resume_config(settings: TrainSettings, task_config: dict) -> dict:
     s = asdict(settings)
     cfg = {k: s[k] for k in RESUME_KEYS}
@@ -160,10 +185,13 @@ def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
 
     ``on_step(step, loss)`` is called after each optimiser step (``step`` counts from 1). Ctrl-C (or any
     KeyboardInterrupt, also from ``on_step``) saves a checkpoint of the last finished step and re-raises; so does
-    ComfyUI's interrupt flag (checked after every step), which raises ComfyUI's InterruptProcessingException.
+    ComfyUI's interrupt flag (checked after every step), which raises ComfyUI's InterruptProcessingException, and
+    so does any other exception (a corrupt image, a non-finite loss, a full disk): the same exception is re-raised
+    with a note saying which step was saved. Resuming reads the newest intact checkpoint
+    (:func:`newest_intact_checkpoint`) and says which on stderr.
 
     Returns ``{"losses": [...] (this call's steps), "start": first step, "weights": exported file, "validation":
-    [paths]}``.
+    [paths], "resumed_from": the checkpoint resumed from or None}``.
     """
     from tqdm import tqdm
 
@@ -172,11 +200,13 @@ def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
     config = _resume_config(settings, task.config())
     start = 0
     existing = checkpoint_paths(settings.out_dir)
+    resumed_from = None
     if existing and settings.resume:
-        ckpt = torch.load(existing[-1], map_location="cpu", weights_only=True)
+        resumed_from, ckpt = newest_intact_checkpoint(existing)
+        print(f"{task.name}: resuming from {resumed_from} (step {int(ckpt['step'])})", file=sys.stderr)
         differ = {k: (ckpt["config"].get(k), v) for k, v in config.items() if ckpt["config"].get(k) != v}
         if differ:
-            raise ValueError(f"resume: the checkpoint {existing[-1]} was made with other settings "
+            raise ValueError(f"resume: the checkpoint {resumed_from} was made with other settings "
                              f"({', '.join(f'{k}: {a!r} then, {b!r} now' for k, (a, b) in differ.items())}); use "
                              f"the same settings, another output folder, or --no-resume")
         task.load_trainable_state(ckpt["trainable"])
@@ -231,9 +261,24 @@ def run(task: TrainingTask, settings: TrainSettings, on_step=None) -> dict:
             save(done)
         bar.write(f"{task.name}: stopped at step {done}; run the same command again to resume")
         raise
+    except Exception as e:  # any error that stops the run: keep the finished steps, then report the cause
+        note = f"{task.name}: stopped at step {done} by this error"
+        if done > saved:
+            try:
+                save(done)
+                note += f"; step {done} was saved, fix the cause and run the same command again to resume"
+            except Exception as save_error:  # noqa: BLE001 - the original error is the one to report
+                note += (f"; saving step {done} failed too ({type(save_error).__name__}: {save_error}), the newest "
+                         f"checkpoint is step {saved}")
+        else:
+            note += f"; step {done} is already saved, run the same command again to resume"
+        bar.write(note)
+        e.add_note(note)
+        raise
     finally:
         bar.close()
-    return {"losses": losses, "start": start, "weights": task.export(settings.out_dir), "validation": validation}
+    return {"losses": losses, "start": start, "weights": task.export(settings.out_dir), "validation": validation,
+            "resumed_from": resumed_from}
 
 
 def save_image_grid(rows: list, path: str) -> str:

@@ -739,3 +739,215 @@ def test_widgets_at_their_bounds_run(host, executor, tiny, pack, files, csft_fil
     assert out(host, executor, "n")["samples"].shape == (1, 4, 8, 8) and sampling.steps == 1
     assert out(host, executor, "st0").shape == (1, 1, 1, 3) and out(host, executor, "st1").shape == (1, 64, 64, 3)
     assert out(host, executor, "dg").shape == (1, 8, 8, 3)
+
+
+# ------------------------------------------------------------------ cost ceilings: thin, huge and extreme aspects
+# Issue 20 item 1: a node whose cost grows with the image stays within its documented ceiling at default settings:
+# beyond it the image is brought to the ceiling or refused clearly, never handed whole to the allocator. MUSIQ is
+# replaced by a spy that records the size it is given (the ceiling is about what reaches it, not about MUSIQ).
+
+IQA_SIZES = {  # name -> (H, W, the scored (H, W), or None when refused)
+    "thin_1x5000": (1, 5000, None),  # 32 x 160000 px would be 5.1 MP, above the 4.2 MP ceiling: refused
+    "tall_5000x1": (5000, 1, None),
+    "thin_2x5000": (2, 5000, (32, 80000)),  # 2.56 MP: brought up to 32 px, within the ceiling
+    "exact_ceiling_2048x2048": (2048, 2048, (2048, 2048)),
+    "just_above_2049x2048": (2049, 2048, "shrunk"),
+    "photo_3000x4000": (3000, 4000, "shrunk"),  # 12 MP: like the 16-MP photo that asked for 6.6 GB
+}
+
+
+@pytest.fixture
+def musiq_spy(pack, monkeypatch):
+    """Replaces MUSIQ's scoring with a recorder of the (B, 3, H, W) shapes it receives; scores 50."""
+    seen = []
+    iqa_mod = pack("modules.iqa")
+
+    def spy(net, images, check=None, done=None):
+        seen.append(tuple(images.shape))
+        return [50.0] * images.shape[0]
+
+    monkeypatch.setattr(iqa_mod, "score_images", spy)
+    return seen
+
+
+def _iqa_graph(tiny, name, image):
+    from tests.comfy.conftest import iqa_node
+
+    return {"img": image_node(tiny, name, image), "q": iqa_node(["img", 0]), "s": sink(("q", 0))}
+
+
+@pytest.mark.parametrize("case", list(IQA_SIZES))
+def test_iqa_scores_within_its_ceiling_or_refuses(host, executor, tiny, pack, files, musiq_spy, case):
+    h, w, scored = IQA_SIZES[case]
+    ceiling = pack("nodes.iqa").MUSIQ_MAX_PIXELS
+    assert ceiling == 2048 * 2048
+    image = torch.full((1, h, w, 3), 0.5)
+    if scored is None:
+        refused(host, executor, _iqa_graph(tiny, f"ceil_{case}", image), "AdaptBIR_IQAClassifier",
+                "image: expected an aspect ratio MUSIQ can score", f"found {w}x{h}")
+        assert musiq_spy == [], "MUSIQ ran on the oversized image"
+        return
+    run(host, executor, _iqa_graph(tiny, f"ceil_{case}", image))
+    (shape,) = musiq_spy
+    assert shape[2] * shape[3] <= ceiling and min(shape[2:]) >= 32
+    if scored == "shrunk":
+        assert shape[2] * shape[3] > 0.99 * ceiling  # brought to the ceiling, not further
+        assert abs(shape[3] / shape[2] - w / h) < 0.01  # aspect kept
+        assert "above the 4.2 MP scoring ceiling" in host.ui(executor, "q")["text"][0]
+    else:
+        assert shape[2:] == scored
+
+
+def test_iqa_ceiling_logic_at_lowered_limits(pack):
+    """The same rules with a 64x64-pixel ceiling (cheap sizes): up to 32 px, down to the ceiling, aspect limits."""
+    size = pack("nodes.iqa").scoring_size
+    err = pack("nodes.common").PackError
+    assert size(40, 56, 64 * 64) == (40, 56)  # within: unchanged
+    assert size(10, 20, 64 * 64) == (32, 64)  # up to 32 on the short side
+    assert size(128, 128, 64 * 64) == (64, 64)  # down to the ceiling
+    h, w = size(100, 300, 64 * 64)
+    assert h * w <= 64 * 64 and min(h, w) >= 32 and abs(w / h - 3) < 0.1
+    assert size(32, 128, 64 * 64) == (32, 128)  # 4:1 at the ceiling exactly
+    for hw in ((32, 129), (8, 40), (1, 300), (300, 1)):
+        with pytest.raises(err, match="expected an aspect ratio MUSIQ can score"):
+            size(*hw, 64 * 64)
+
+
+def test_stage1_with_tiles_off_tiles_an_image_the_memory_cannot_hold(host, executor, tiny, pack, files,
+                                                                     monkeypatch):
+    """tile_size 0 with too little free memory: processed in 512 px tiles (stride 256) instead of one pass."""
+    import comfy.model_management as mm
+
+    cleaners = pack("nodes.cleaners")
+    calls = []
+    real = cleaners.tiled_apply
+
+    def spy(fn, x, tile, stride, **kwargs):
+        calls.append((tuple(x.shape[-2:]), tile, stride))
+        return real(fn, x, tile, stride, **kwargs)
+
+    monkeypatch.setattr(cleaners, "tiled_apply", spy)
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1024 ** 2)  # 1 MiB free
+    image = torch.rand(1, 600, 520, 3, generator=torch.Generator().manual_seed(3))
+    p = {"img": image_node(tiny, "stage1_big", image), **_g_stage1(tiny, pack, ["img", 0])}
+    run(host, executor, p)
+    assert calls == [((600, 520), 512, 256)]
+    assert out(host, executor, "n").shape == (1, 600, 520, 3)
+
+
+def test_stage1_falls_back_to_tiles_on_the_cpu_allocators_error(host, executor, tiny, pack, files, monkeypatch):
+    """On CPU running out of memory is a plain RuntimeError from the allocator: it must take the same fallback to
+    smaller tiles as a GPU's OutOfMemoryError, not reach the user as a raw message."""
+    swinir = pack("modules.swinir")
+    real_forward = swinir.SwinIR.forward
+    sizes = []
+
+    def forward(self, x):
+        sizes.append(tuple(x.shape[-2:]))
+        if max(x.shape[-2:]) > 128:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                               "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot allocate "
+                               "memory)")
+        return real_forward(self, x)
+
+    monkeypatch.setattr(swinir.SwinIR, "forward", forward)
+    image = torch.rand(1, 256, 256, 3, generator=torch.Generator().manual_seed(4))
+    p = {"img": image_node(tiny, "stage1_cpu_oom", image), **_g_stage1(tiny, pack, ["img", 0])}
+    run(host, executor, p)
+    assert sizes[0] == (256, 256) and all(max(s) <= 128 for s in sizes[1:]) and len(sizes) > 1
+    assert out(host, executor, "n").shape == (1, 256, 256, 3)
+
+
+def test_training_upscale_of_a_thin_image_is_bounded(pack, tmp_path):
+    """Thin and tiny images with crop 64 (before: a 1x400 px PNG of a few dozen bytes became a 64 x 25600 px float
+    image; with crop 512 an 88-byte PNG asked for 2.4 GB): images that would need more than MAX_UPSCALE x or more
+    than 64 crops' worth of pixels are skipped with a DataWarning, a usable thin image is upscaled to the crop on
+    its short side only, and a folder of nothing but unusable images is a clear error."""
+    import warnings
+
+    from PIL import Image
+
+    data = pack("training.data")
+    folder = tmp_path / "thin"
+    folder.mkdir()
+    Image.new("RGB", (400, 1), (120, 80, 40)).save(folder / "a_thin.png")
+    Image.new("RGB", (1, 300), (10, 80, 40)).save(folder / "b_tall.png")
+    Image.new("RGB", (200, 40), (90, 20, 140)).save(folder / "c_usable.png")  # 5:1, short side 40 -> 64
+    batches = data.CropBatches(str(folder), batch_size=2, crop=64, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = [batches._image(i) for i in range(3)]
+    assert sorted(batches.skipped) == [0, 1], batches.skipped
+    assert sum(issubclass(w.category, data.DataWarning) for w in caught) == 2
+    for img in images:  # the skipped files' draws go to the usable one
+        assert img.shape == (3, 64, 320), img.shape
+    hq, _ = batches.batch(0)
+    assert hq.shape == (2, 3, 64, 64)
+    only_thin = tmp_path / "only_thin"
+    only_thin.mkdir()
+    Image.new("RGB", (400, 1)).save(only_thin / "thin.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="data: expected usable images in"):
+            data.CropBatches(str(only_thin), batch_size=1, crop=64, seed=0).batch(0)
+
+
+def test_dual_encoder_with_tiles_off_tiles_an_image_the_cpu_memory_cannot_hold(host, executor, tiny, pack, files,
+                                                                               monkeypatch):
+    """tile_size 0 on the CPU: when ComfyUI's own estimate exceeds the free memory the pack encodes in 512 px tiles
+    (ComfyUI's fallback catches only a GPU's out-of-memory error); with enough memory it encodes in one go."""
+    import comfy.model_management as mm
+    import comfy.sd
+
+    calls = []
+    real_tiled, real_whole = comfy.sd.VAE.encode_tiled, comfy.sd.VAE.encode
+    monkeypatch.setattr(comfy.sd.VAE, "encode_tiled",
+                        lambda self, x, **kw: calls.append(("tiled", kw.get("tile_x"))) or real_tiled(self, x, **kw))
+    monkeypatch.setattr(comfy.sd.VAE, "encode", lambda self, x: calls.append(("whole", None)) or real_whole(self, x))
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(5))
+    p = {**sources(tiny), "img": image_node(tiny, "dual_cpu", image), **_g_dual(tiny, pack, ["img", 0])}
+    run(host, executor, p)
+    assert calls == [("whole", None), ("whole", None)]  # k 0.5: both encoders, each in one go
+    calls.clear()
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 1024 ** 2)  # 1 MiB free
+    p["img"] = image_node(tiny, "dual_cpu_small_memory", image.flip(1))  # another input: not cached
+    run(host, executor, p)
+    assert calls == [("tiled", 512), ("tiled", 512)]
+    assert out(host, executor, "n")["samples"].shape == (1, 4, 8, 8)
+
+
+def test_guidance_auto_mode_starts_tiled_when_even_checkpointing_does_not_fit(pack):
+    """auto: full while it fits half the free memory, then checkpoint, then tiles (fp32, the SD VAE's counts)."""
+    g = pack("nodes.guidance")
+    gib = 1024 ** 3
+    lat = {px: (1, 4, px // 8, px // 8) for px in (512, 1024, 2048, 4096, 8192)}
+    free = 13 * gib  # a 16 GB machine
+    assert g.auto_memory_mode(lat[512], torch.float32, free) == "full"  # ~5.7 GiB counted
+    assert g.auto_memory_mode(lat[1024], torch.float32, free) == "tiled"  # checkpoint ~8.5 GiB > half of 13
+    assert g.auto_memory_mode(lat[1024], torch.float32, 24 * gib) == "checkpoint"
+    for px in (2048, 4096, 8192):
+        assert g.auto_memory_mode(lat[px], torch.float32, free) == "tiled"
+
+
+@pytest.mark.parametrize("shape,refused_", [((1, 4000, 6000, 3), False), ((1, 4001, 6000, 3), True),
+                                            ((3, 2000, 4001, 3), True)])
+def test_degrade_image_refuses_beyond_its_ceiling(host, executor, tiny, pack, shape, refused_, monkeypatch):
+    """24 MP per run (batch x height x width); checked before any work (the pipeline is a spy here: the ceiling is
+    about what reaches it)."""
+    degrade = pack("nodes.degrade")
+    seen = []
+
+    def spy(x, generator, scale=4.0, per_sample=True):
+        seen.append(tuple(x.shape))
+        raise ValueError("scale: spy reached")
+
+    monkeypatch.setattr(degrade, "realesrgan_degrade", spy)
+    image = torch.zeros(shape[0], 1, 1, 3).expand(shape)  # no 24-MP allocation for the test
+    p = {"img": image_node(tiny, f"degrade_{shape}", image), **_g_degrade(tiny, pack, ["img", 0])}
+    if refused_:
+        refused(host, executor, p, "AdaptBIR_DegradeImage", "image: expected at most 24 MP per run of Degrade Image",
+                f"found {shape[0]} x {shape[2]}x{shape[1]}")
+        assert seen == []
+    else:
+        refused(host, executor, p, "AdaptBIR_DegradeImage", "scale: spy reached")
+        assert seen == [(1, 3, 4000, 6000)]

@@ -393,3 +393,118 @@ def test_musiq_weights_are_read_weights_only_and_scored_without_pyiqa(host, pack
         cache.clear()
     assert host.output(ex, "2", 3) == pytest.approx(55.0, abs=1e-3)  # the file's weights were used
     assert loads == [KONIQ_FILE]
+
+
+# ------------------------------------------------------------------------------------------------ damaged weights
+# Issue 20 item 3: the loader's own kind of file, damaged in one tensor. One validation in the shared loading path
+# refuses each before a network is built, naming the file, the key, what was expected and what was found.
+
+DAMAGE = {
+    "non_tensor": ("a int at key", ".pth"),
+    "int64": ("dtype torch.int64 at key", ".safetensors"),
+    "nan": ("NaN or inf at key", ".safetensors"),
+    "inf_fp16": ("NaN or inf at key", ".safetensors"),
+    "wrong_shape": ("shape [", ".safetensors"),
+}
+# loaders that build a network from the file: a wrong shape must be named before building (a LoRA's shapes are
+# checked by ComfyUI when it patches; the restoration VAE's shapes are ComfyUI's VAE's, whose size mismatch
+# nodes/common.size_mismatch_error words)
+SHAPED = ("iqa", "ircontrolnet", "csft", "restorer", "supir")
+
+
+def _damaged_cells():
+    for loader in LOADERS:
+        for damage in DAMAGE:
+            if damage != "wrong_shape" or loader in SHAPED:
+                yield loader, damage
+
+
+def _victim(sd: dict, prefix: str = "") -> str:
+    """The key the damage goes to: the first 2-D-or-more float tensor by name (a real weight) under ``prefix``."""
+    return min(k for k, v in sd.items() if v.ndim >= 2 and v.is_floating_point() and k.startswith(prefix))
+
+
+def damage_state_dict(sd: dict, damage: str, prefix: str = ""):
+    """(damaged copy of ``sd``, the damaged key)."""
+    sd = {k: v.clone().contiguous() for k, v in sd.items()}
+    key = _victim(sd, prefix)
+    t = sd[key]
+    if damage == "non_tensor":
+        sd[key] = 3
+    elif damage == "int64":
+        sd[key] = t.round().to(torch.int64)
+    elif damage == "nan":
+        t.view(-1)[0] = float("nan")
+    elif damage == "inf_fp16":
+        sd[key] = t.half()
+        sd[key].view(-1)[-1] = float("inf")
+    elif damage == "wrong_shape":
+        sd[key] = torch.cat([t, t[:1]], dim=0)
+    return sd, key
+
+
+@pytest.fixture(scope="module")
+def damaged(host, tiny, sm, sdxl, musiq_random_state, hostile):
+    """Each loader's own kind of file, damaged each way, as hostile_damaged_<loader>_<damage>.<ext> in its folder;
+    returns {(loader, damage): (file name, damaged key)}."""
+    from tests.comfy.test_cleaners import tiny_swinir
+    from tests.comfy.test_supir import tiny_adapter_sd
+
+    vae = tiny._vae_weights(3, 4)
+    vae_enc = dict(vae, **{"denoise_encoder." + k[len("encoder."):]: v for k, v in vae.items()
+                           if k.startswith("encoder.")})
+    supir = tiny_adapter_sd(sm, sdxl, tiny, 5)
+    own = {"iqa": dict(musiq_random_state), "ircontrolnet": dict(tiny.tiny_ircontrolnet_state_dict(0)),
+           "restoration_vae": vae_enc, "csft": dict(tiny.tiny_csft_state_dict(0)),
+           "restorer": dict(tiny_swinir().state_dict()), "supir": supir,
+           "lora": {f"lora_unet_block_{i}.{p}": torch.randn(4, 8) for i in range(2)
+                    for p in ("lora_down.weight", "lora_up.weight")}}
+    metadata = {"csft": {"adaptbir_kind": "csft", "format_version": "1"}}
+    out = {}
+    for loader, damage in _damaged_cells():
+        sd, key = damage_state_dict(own[loader], damage, "denoise_encoder." if loader == "restoration_vae" else "")
+        ext = DAMAGE[damage][1]
+        name = f"{PREFIX}damaged_{loader}_{damage}{ext}"
+        path = host.models_dir / LOADERS[loader][1] / name
+        if ext == ".pth":
+            torch.save(sd, path)
+        else:
+            save_file(sd, str(path), metadata=metadata.get(loader))
+        out[(loader, damage)] = (name, key)
+    return out
+
+
+@pytest.mark.parametrize("loader,damage", list(_damaged_cells()))
+def test_loader_names_the_damaged_tensor(host, tiny, damaged, loader, damage):
+    node, _, expected = LOADERS[loader]
+    name, key = damaged[(loader, damage)]
+    with pytest.raises(ExecutionFailed) as e:
+        host.run(loader_graph(tiny, loader, name))
+    assert e.value.node_type == node, e.value
+    assert e.value.exception_type.endswith("PackError"), e.value
+    msg = e.value.exception_message
+    if damage == "wrong_shape":  # each builder knows its layout: the file, the key and both shapes are named
+        assert name in msg and "expected" in msg and "found" in msg, msg
+        assert key.split(".", 1)[-1] in msg, msg
+        return
+    assert_names_file_expected_found(msg, name, expected, DAMAGE[damage][0])
+    assert f"'{key}'" in msg, msg
+
+
+def test_the_undamaged_files_load(host, tiny, damaged, iqa_files):
+    """The same kinds undamaged pass the validation (its rules do not refuse real files: SwinIR's int64 index
+    buffers, a params-wrapped MUSIQ .pth)."""
+    import safetensors.torch
+
+    from tests.comfy.conftest import KONIQ_FILE
+
+    common = host.node_class("AdaptBIR_IQAClassifier").__module__.rsplit(".", 1)[0] + ".common"
+    check = __import__(common, fromlist=["check_weights"]).check_weights
+    check(torch.load(host.models_dir / "iqa" / KONIQ_FILE, weights_only=True), "koniq", "MUSIQ weights")
+    for f in (host.models_dir / "diffbir").glob("tiny_*.safetensors"):
+        check(safetensors.torch.load_file(str(f)), f.name, "weights")
+    from tests.comfy.test_cleaners import tiny_swinir
+
+    sd = tiny_swinir().state_dict()
+    assert any(v.dtype == torch.int64 for v in sd.values())
+    check(sd, "swinir", "SwinIR")

@@ -3,6 +3,7 @@ training checkpoints survive a crash in the middle of writing the next one; Comf
 exactly when one of its inputs or its model file changes."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +173,93 @@ def test_cache_reruns_a_node_exactly_when_an_input_or_its_file_changes(host, tin
     assert executed(host, prompt(4)) & {"1", "2", "3", "4"} == {"4"}  # a LoRA file changed: SUPIR LoRA (and what follows)
     host.run(prompt(5), executor=ex)
     assert executed(host, prompt(4)) & {"1", "2", "3", "4"} == set()
+
+
+# ------------------------------------------------------------------------------------- issue 20: nothing lost
+
+class FailingTask(TinyTask):
+    """TinyTask whose data breaks at step ``fail_at`` (0-based), like a corrupt image met in the middle of a run."""
+
+    def __init__(self, fail_at):
+        super().__init__()
+        self.fail_at = fail_at
+
+    def loss(self, step):
+        if step == self.fail_at:
+            raise ValueError("data: could not read image broken.png (UnidentifiedImageError: simulated)")
+        return super().loss(step)
+
+
+def test_an_error_mid_run_saves_the_finished_steps_then_reraises_the_cause(pack, tmp_path, capsys):
+    loop = pack("training.loop")
+
+    def settings(steps):
+        return loop.TrainSettings(out_dir=str(tmp_path / "run"), steps=steps, lr=1e-2, save_every=1000,
+                                  val_every=0, device="cpu")
+
+    full = loop.run(TinyTask(), loop.TrainSettings(out_dir=str(tmp_path / "full"), steps=6, lr=1e-2,
+                                                   save_every=1000, val_every=0, device="cpu"))
+    with pytest.raises(ValueError, match="could not read image broken.png") as e:
+        loop.run(FailingTask(fail_at=3), settings(6))  # steps 1..3 done, none saved by save_every
+    assert any("step 3 was saved" in n for n in getattr(e.value, "__notes__", [])), e.value
+    paths = loop.checkpoint_paths(str(tmp_path / "run"))
+    assert [os.path.basename(p) for p in paths] == ["step_00000003.pt"]
+    resumed = loop.run(TinyTask(), settings(6))
+    assert resumed["start"] == 3 and resumed["losses"] == full["losses"][3:]  # exactly the uninterrupted run
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint_and_says_which(pack, tmp_path, capsys):
+    loop = pack("training.loop")
+
+    def settings(steps):
+        return loop.TrainSettings(out_dir=str(tmp_path / "run"), steps=steps, lr=1e-2, save_every=2, val_every=0,
+                                  device="cpu", keep_checkpoints=3)
+
+    full = loop.run(TinyTask(), loop.TrainSettings(out_dir=str(tmp_path / "full"), steps=8, lr=1e-2, save_every=2,
+                                                   val_every=0, device="cpu"))
+    loop.run(TinyTask(), settings(6))  # steps 2, 4, 6 saved
+    newest = loop.checkpoint_paths(str(tmp_path / "run"))[-1]
+    data = Path(newest).read_bytes()
+    Path(newest).write_bytes(data[: len(data) // 2])  # truncated (a crash or a full disk while copying)
+    capsys.readouterr()
+    resumed = loop.run(TinyTask(), settings(8))
+    err = capsys.readouterr().err
+    assert resumed["start"] == 4 and resumed["resumed_from"].endswith("step_00000004.pt")
+    assert resumed["losses"] == full["losses"][4:]
+    assert "step_00000006.pt cannot be read" in err and "resuming from" in err and "step_00000004.pt" in err
+    assert os.path.exists(newest + ".unreadable")  # kept for the user, out of the rotation
+
+
+def test_resume_with_no_intact_checkpoint_is_refused_clearly(pack, tmp_path):
+    loop = pack("training.loop")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000002.pt").write_bytes(b"PK\x03\x04" + b"\0" * 20)
+    s = loop.TrainSettings(out_dir=str(tmp_path / "run"), steps=4, lr=1e-2, val_every=0, device="cpu")
+    with pytest.raises(ValueError, match="resume: expected an intact checkpoint in .* found only unreadable ones"):
+        loop.run(TinyTask(), s)
+
+
+def test_batch_never_removes_a_folder_it_did_not_create(runner, tmp_path):
+    """A user folder named like the old fixed work folder (.batch-work) inside the output folder survives a run
+    (before, the runner removed it with everything in it)."""
+    wf, src, out = tiny_workflow(tmp_path, steps=1), images(tmp_path / "in", 1), tmp_path / "out"
+    (out / ".batch-work").mkdir(parents=True)
+    (out / ".batch-work" / "mine.txt").write_text("user file")
+    assert runner.run_batch(str(wf), str(src), str(out), progress=False)["done"] == ["img0.png"]
+    assert (out / ".batch-work" / "mine.txt").read_text() == "user file"
+    assert sorted(os.listdir(out)) == [".batch-work", "img0.png"]  # this run's own work folder is gone
+
+
+@pytest.mark.parametrize("how", ["output_inside_input", "input_inside_output"])
+def test_batch_refuses_input_and_output_folders_nested_either_way(runner, tmp_path, how):
+    if how == "output_inside_input":
+        src = images(tmp_path / "in", 2)
+        out = src / "results"
+    else:
+        out = tmp_path / "out"
+        src = images(out / "in", 2)
+    before = snapshot(src)
+    with pytest.raises(runner.WorkflowError, match="neither inside the other"):
+        runner.run_batch(str(tiny_workflow(tmp_path, steps=1)), str(src), str(out), progress=False)
+    assert snapshot(src) == before
+    assert how == "input_inside_output" or not out.exists()
