@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..modules import face_align, parsenet, retinaface
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -96,9 +97,11 @@ class FaceDetectorLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_FaceDetectorLoader",
+            **aliases_for("AdaptBIR_FaceDetectorLoader"),
             display_name="Load Face Detector (RetinaFace)",
             category=CAT_FACES,
             description=(
+                "Finds the faces in your photos so they can be restored on their own, sharper than the rest. "
                 "Loads the RetinaFace-R50 face detector that DiffBIR uses for faces in whole photos "
                 "(detection_Resnet50_Final.pth from facexlib's releases, MIT licence) from "
                 "ComfyUI/models/facedetection. The network is the pack's own (no facexlib needed); only tensors "
@@ -144,9 +147,11 @@ class FaceParserLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_FaceParserLoader",
+            **aliases_for("AdaptBIR_FaceParserLoader"),
             display_name="Load Face Parser (ParseNet)",
             category=CAT_FACES,
             description=(
+                "Makes restored faces blend into the photo along the face's own outline (skin, hair line, ears). "
                 "Loads the face parsing network DiffBIR uses for its paste masks (ParseNet, "
                 "parsing_parsenet.pth from facexlib's releases) from ComfyUI/models/facedetection. Connect it to "
                 "Paste Faces' face_parser: each restored face is then blended in over the skin, eyes, brows, nose, "
@@ -224,6 +229,7 @@ class DetectFaces(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_DetectFaces",
+            **aliases_for("AdaptBIR_DetectFaces"),
             display_name="Detect & Align Faces",
             category=CAT_FACES,
             description=(
@@ -309,6 +315,7 @@ class PasteFaces(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_PasteFaces",
+            **aliases_for("AdaptBIR_PasteFaces"),
             display_name="Paste Faces",
             category=CAT_FACES,
             description=(
