@@ -22,9 +22,11 @@ from .common import (
     file_fingerprint,
     input_image,
     load_weights,
+    missing_file_error,
     model_file_path,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 
 CAT_FACES = f"{CATEGORY_ROOT}/faces"
 DETECTOR_FOLDER = "facedetection"
@@ -84,12 +86,11 @@ def load_detector(name: str):
 
 
 def _detector_options() -> list[str]:
-    import folder_paths
+    return loader_options(DETECTOR_FOLDER, "face_detector")
 
-    try:
-        return folder_paths.get_filename_list(DETECTOR_FOLDER)
-    except KeyError:
-        return []
+
+def _parser_options() -> list[str]:
+    return loader_options(DETECTOR_FOLDER, "face_parser")
 
 
 class FaceDetectorLoader(io.ComfyNode):
@@ -112,6 +113,11 @@ class FaceDetectorLoader(io.ComfyNode):
             outputs=[FaceDetector.Output("face_detector", display_name="face_detector", tooltip=(
                 "The RetinaFace detector (loaded to the GPU only while it runs)."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, detector_name=None):
+        # checked when the prompt is queued: every missing file of a graph is named at once, with where to get it
+        return missing_file_error(DETECTOR_FOLDER, detector_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, detector_name):
@@ -157,12 +163,16 @@ class FaceParserLoader(io.ComfyNode):
                 "Paste Faces' face_parser: each restored face is then blended in over the skin, eyes, brows, nose, "
                 "mouth and ears the parser finds, instead of a fixed ellipse. The network is the pack's own; only "
                 "tensors are read from the file."),
-            inputs=[io.Combo.Input("parser_name", options=_detector_options(), tooltip=(
+            inputs=[io.Combo.Input("parser_name", options=_parser_options(), tooltip=(
                 "Weights file in ComfyUI/models/facedetection, e.g. parsing_parsenet.pth (recognised by its "
                 "weights, not its name)."))],
             outputs=[FaceParser.Output("face_parser", display_name="face_parser", tooltip=(
                 "The ParseNet face parser (loaded to the GPU only while it runs)."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, parser_name=None):
+        return missing_file_error(DETECTOR_FOLDER, parser_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, parser_name):
