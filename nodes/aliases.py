@@ -29,6 +29,14 @@ ALIASES = {
     "AdaptBIR_SUPIRApply": ["SUPIR", *RESTORE, "upscale", "denoise", "deblur", "face", "SDXL"],
     "AdaptBIR_SUPIRConditioning": ["SUPIR", "prompt", "SDXL", "restore"],
     "AdaptBIR_SUPIRSampler": ["SUPIR", "sampler", "EDM", "restore"],
+    "AdaptBIR_FaceDetectorLoader": ["face", "face detection", "detector", "RetinaFace", "restore face", "DiffBIR"],
+    "AdaptBIR_FaceParserLoader": ["face", "face parsing", "face mask", "ParseNet", "restore face", "paste",
+                                  "DiffBIR"],
+    "AdaptBIR_DetectFaces": ["face", "face detection", "detect faces", "align", "crop", "restore face", "DiffBIR",
+                             *RESTORE],
+    "AdaptBIR_PasteFaces": ["face", "paste", "paste back", "restore face", "blend", "DiffBIR", *RESTORE],
+    "AdaptBIR_RestorationMetrics": ["PSNR", "SSIM", "LPIPS", "MUSIQ", "metrics", "compare", "evaluate", "IQA",
+                                    "image quality", "benchmark", "ground truth"],
     "AdaptBIR_TiledDiffusion": ["tile", "tiled", "large image", "upscale", "DiffBIR", "SUPIR", "restore"],
 }
 

@@ -14,6 +14,7 @@ from comfy_api.latest import io
 
 from ..modules import face_align, parsenet, retinaface
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -21,9 +22,11 @@ from .common import (
     file_fingerprint,
     input_image,
     load_weights,
+    missing_file_error,
     model_file_path,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 
 CAT_FACES = f"{CATEGORY_ROOT}/faces"
 DETECTOR_FOLDER = "facedetection"
@@ -83,12 +86,11 @@ def load_detector(name: str):
 
 
 def _detector_options() -> list[str]:
-    import folder_paths
+    return loader_options(DETECTOR_FOLDER, "face_detector")
 
-    try:
-        return folder_paths.get_filename_list(DETECTOR_FOLDER)
-    except KeyError:
-        return []
+
+def _parser_options() -> list[str]:
+    return loader_options(DETECTOR_FOLDER, "face_parser")
 
 
 class FaceDetectorLoader(io.ComfyNode):
@@ -96,9 +98,11 @@ class FaceDetectorLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_FaceDetectorLoader",
+            **aliases_for("AdaptBIR_FaceDetectorLoader"),
             display_name="Load Face Detector (RetinaFace)",
             category=CAT_FACES,
             description=(
+                "Finds the faces in your photos so they can be restored on their own, sharper than the rest. "
                 "Loads the RetinaFace-R50 face detector that DiffBIR uses for faces in whole photos "
                 "(detection_Resnet50_Final.pth from facexlib's releases, MIT licence) from "
                 "ComfyUI/models/facedetection. The network is the pack's own (no facexlib needed); only tensors "
@@ -109,6 +113,11 @@ class FaceDetectorLoader(io.ComfyNode):
             outputs=[FaceDetector.Output("face_detector", display_name="face_detector", tooltip=(
                 "The RetinaFace detector (loaded to the GPU only while it runs)."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, detector_name=None):
+        # checked when the prompt is queued: every missing file of a graph is named at once, with where to get it
+        return missing_file_error(DETECTOR_FOLDER, detector_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, detector_name):
@@ -144,20 +153,26 @@ class FaceParserLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_FaceParserLoader",
+            **aliases_for("AdaptBIR_FaceParserLoader"),
             display_name="Load Face Parser (ParseNet)",
             category=CAT_FACES,
             description=(
+                "Makes restored faces blend into the photo along the face's own outline (skin, hair line, ears). "
                 "Loads the face parsing network DiffBIR uses for its paste masks (ParseNet, "
                 "parsing_parsenet.pth from facexlib's releases) from ComfyUI/models/facedetection. Connect it to "
                 "Paste Faces' face_parser: each restored face is then blended in over the skin, eyes, brows, nose, "
                 "mouth and ears the parser finds, instead of a fixed ellipse. The network is the pack's own; only "
                 "tensors are read from the file."),
-            inputs=[io.Combo.Input("parser_name", options=_detector_options(), tooltip=(
+            inputs=[io.Combo.Input("parser_name", options=_parser_options(), tooltip=(
                 "Weights file in ComfyUI/models/facedetection, e.g. parsing_parsenet.pth (recognised by its "
                 "weights, not its name)."))],
             outputs=[FaceParser.Output("face_parser", display_name="face_parser", tooltip=(
                 "The ParseNet face parser (loaded to the GPU only while it runs)."))],
         )
+
+    @classmethod
+    def validate_inputs(cls, parser_name=None):
+        return missing_file_error(DETECTOR_FOLDER, parser_name) or True
 
     @classmethod
     def fingerprint_inputs(cls, parser_name):
@@ -224,6 +239,7 @@ class DetectFaces(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_DetectFaces",
+            **aliases_for("AdaptBIR_DetectFaces"),
             display_name="Detect & Align Faces",
             category=CAT_FACES,
             description=(
@@ -309,6 +325,7 @@ class PasteFaces(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_PasteFaces",
+            **aliases_for("AdaptBIR_PasteFaces"),
             display_name="Paste Faces",
             category=CAT_FACES,
             description=(

@@ -21,6 +21,8 @@ NAME_KINDS = {
     "ircontrolnet": (r"^v1_(general|face)\.pth$", r"^v2\.pth$", r"diffbir_v2[._]1", r"ircontrolnet", r"controlnet"),
     "csft": (r"csft",),
     "supir": (r"^supir",),
+    "face_detector": (r"^detection_", r"retinaface"),  # facexlib's detection_Resnet50_Final.pth / _mobilenet0.25
+    "face_parser": (r"^parsing_", r"parsenet"),  # facexlib's parsing_parsenet.pth (parsing_bisenet.pth: refused)
 }
 MAX_HEADER = 64 * 1024 * 1024  # a safetensors header larger than this is not read (not a weights file we know)
 
@@ -29,7 +31,8 @@ def kinds_from_keys(keys, metadata: dict | None = None) -> set[str] | None:
     """The loader kinds a file with these tensor names (and safetensors metadata) fits: a set (empty = another
     kind of file, e.g. a LoRA or an SD checkpoint), or None when nothing tells.
 
-    Kinds: ``ircontrolnet``, ``csft``, ``restoration_vae``, ``restorer``, ``supir``, ``iqa``. A full AdaptBIR
+    Kinds: ``ircontrolnet``, ``csft``, ``restoration_vae``, ``restorer``, ``supir``, ``iqa``, ``face_detector``
+    (RetinaFace), ``face_parser`` (ParseNet). A full AdaptBIR
     checkpoint fits several loaders (its control, CSFT layers and restoration encoder)."""
     from ..modules.weights_kind import identify_weights
 
@@ -59,6 +62,10 @@ def kinds_from_keys(keys, metadata: dict | None = None) -> set[str] | None:
         kinds.add("restorer")
     if any(k.endswith("conv_root.weight") for k in keys) and has("transformer_encoder."):
         kinds.add("iqa")
+    if has("LandmarkHead.") and has("ClassHead.") and any(k.endswith("body.conv1.weight") for k in keys):
+        kinds.add("face_detector")
+    if has("out_mask_conv.") and has("decoder.") and has("encoder."):
+        kinds.add("face_parser")
     if kinds:
         return kinds
     return set() if identify_weights(keys) is not None else None

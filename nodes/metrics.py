@@ -15,6 +15,7 @@ from comfy_api.latest import io, ui
 from ..modules import iqa as iqa_mod
 from ..modules import metrics as metrics_mod
 from ..modules.image_ops import upscale_min_side
+from .aliases import aliases_for
 from .common import (
     CAT_QUALITY,
     PackError,
@@ -175,9 +176,11 @@ class RestorationMetrics(io.ComfyNode):
         files = _iqa_files()
         return io.Schema(
             node_id="AdaptBIR_RestorationMetrics",
+            **aliases_for("AdaptBIR_RestorationMetrics"),
             display_name="Restoration Metrics (PSNR, SSIM, LPIPS, MUSIQ)",
             category=CAT_QUALITY,
             description=(
+                "Measures how close a restored photo is to the original it came from, and how good it looks. "
                 "Compares restored images with their ground truth: PSNR and SSIM on RGB and on the BT.601 luma Y "
                 "(BasicSR's convention, 0..255 scale, optional border crop), LPIPS (AlexNet v0.1) when its weights "
                 "are in ComfyUI/models/iqa, and the no-reference MUSIQ score of the restored image. Shows a table "

@@ -39,6 +39,9 @@ RVAE = model("adaptbir_restoration_vae.safetensors", "vae")
 CSFT = model("adaptbir_csft.safetensors", "diffbir")
 LORA_FACE = model("your_sdxl_face_lora.safetensors", "loras")
 LORA_LAND = model("your_sdxl_landscape_lora.safetensors", "loras")
+FACE_SWINIR = model("face_swinir_v1.ckpt", "diffbir")
+DETECTOR = model("detection_Resnet50_Final.pth", "facedetection")
+PARSER = model("parsing_parsenet.pth", "facedetection")
 IQA_WIDGETS = {"weights": MUSIQ[0]["name"]}  # the real file name, so the page's missing-models dialog offers it
 NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"  # DiffBIR v2's default
 
@@ -182,6 +185,121 @@ def quality_triage():
     return nodes, links, {"iqa": MUSIQ}
 
 
+def diffbir_faces():
+    """An old photo with faces (x2): the background through DiffBIR v2 (general SwinIR, IRControlNet, guidance);
+    the faces found on the photo at x2, aligned to 512, scored per face, restored as one batch through their own
+    chain (face_swinir_v1.ckpt) and pasted back over the parsed face."""
+    sampler = {"steps": 50, "cfg": 4.0, "guidance_scale": 0.5}
+    nodes = [
+        ("load", "LoadImage", {"image": "example.png"}),
+        ("restorer", "AdaptBIR_RestorerLoader", {"restorer_name": SWINIR[0]["name"]}, "Background restorer"),
+        ("stage1", "AdaptBIR_Stage1Restore", {"output_scale": 2.0}, "Background stage 1 (x2)"),
+        ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD21[0]["name"]}),
+        ("pos", "CLIPTextEncode", {"text": ""}, "Positive (empty)"),
+        ("neg", "CLIPTextEncode", {"text": NEGATIVE}, "Negative"),
+        ("irc", "AdaptBIR_IRControlNetLoader", {"control_net_name": IRC_V2[0]["name"]}),
+        ("encode", "AdaptBIR_DualEncoderInterpolate", {"k": 1.0}, "Background encode"),
+        ("apply", "AdaptBIR_ApplyIRControlNet", {}, "Background control"),
+        ("sampler", "AdaptBIR_RestorationGuidanceSampler", sampler, "Background sampler"),
+        ("decode", "VAEDecode", {}),
+        ("crop", "AdaptBIR_CropToOriginal", {}),
+        ("fix", "AdaptBIR_ColorFix", {"method": "wavelet"}, "Background colour fix"),
+        ("up", "ImageScaleBy", {"upscale_method": "bicubic", "scale_by": 2.0}, "Photo x2 (for detection)"),
+        ("detector", "AdaptBIR_FaceDetectorLoader", {"detector_name": DETECTOR[0]["name"]}),
+        ("detect", "AdaptBIR_DetectFaces", {}),
+        ("preview", "PreviewImage", {}, "Face crops"),
+        ("face_restorer", "AdaptBIR_RestorerLoader", {"restorer_name": FACE_SWINIR[0]["name"]}, "Face restorer"),
+        ("face_stage1", "AdaptBIR_Stage1Restore", {"output_scale": 1.0}, "Face stage 1"),
+        ("iqa", "AdaptBIR_IQAClassifier", IQA_WIDGETS, "Score each face"),
+        ("face_encode", "AdaptBIR_DualEncoderInterpolate", {"k": 1.0}, "Face encode (k per face)"),
+        ("face_apply", "AdaptBIR_ApplyIRControlNet", {}, "Face control"),
+        ("face_sampler", "AdaptBIR_RestorationGuidanceSampler", sampler, "Face sampler"),
+        ("face_decode", "VAEDecode", {}),
+        ("face_crop", "AdaptBIR_CropToOriginal", {}),
+        ("face_fix", "AdaptBIR_ColorFix", {"method": "wavelet"}, "Face colour fix"),
+        ("parser", "AdaptBIR_FaceParserLoader", {"parser_name": PARSER[0]["name"]}),
+        ("paste", "AdaptBIR_PasteFaces", {}),
+        ("save", "SaveImage", {"filename_prefix": "diffbir_faces"}),
+    ]
+    links = [
+        ("load", 0, "stage1", "image"), ("restorer", 0, "stage1", "restorer"),
+        ("stage1", 0, "encode", "image"), ("ckpt", 2, "encode", "restoration_vae"),
+        ("ckpt", 2, "encode", "internal_vae"), ("ckpt", 1, "pos", "clip"), ("ckpt", 1, "neg", "clip"),
+        ("pos", 0, "apply", "positive"), ("neg", 0, "apply", "negative"), ("irc", 0, "apply", "control_net"),
+        ("encode", 1, "apply", "condition"),
+        ("ckpt", 0, "sampler", "model"), ("apply", 0, "sampler", "positive"), ("apply", 1, "sampler", "negative"),
+        ("ckpt", 2, "sampler", "vae"), ("encode", 0, "sampler", "latent_image"), ("apply", 2, "sampler", "condition"),
+        ("sampler", 0, "decode", "samples"), ("ckpt", 2, "decode", "vae"),
+        ("decode", 0, "crop", "image"), ("sampler", 0, "crop", "latent"),
+        ("crop", 0, "fix", "image"), ("stage1", 0, "fix", "reference"),
+        ("load", 0, "up", "image"), ("up", 0, "detect", "image"), ("detector", 0, "detect", "face_detector"),
+        ("detect", 0, "preview", "images"),
+        ("detect", 0, "face_stage1", "image"), ("face_restorer", 0, "face_stage1", "restorer"),
+        ("detect", 0, "iqa", "image"),
+        ("face_stage1", 0, "face_encode", "image"), ("ckpt", 2, "face_encode", "restoration_vae"),
+        ("ckpt", 2, "face_encode", "internal_vae"), ("iqa", 0, "face_encode", "params"),
+        ("pos", 0, "face_apply", "positive"), ("neg", 0, "face_apply", "negative"),
+        ("irc", 0, "face_apply", "control_net"), ("face_encode", 1, "face_apply", "condition"),
+        ("ckpt", 0, "face_sampler", "model"), ("face_apply", 0, "face_sampler", "positive"),
+        ("face_apply", 1, "face_sampler", "negative"), ("ckpt", 2, "face_sampler", "vae"),
+        ("face_encode", 0, "face_sampler", "latent_image"), ("face_apply", 2, "face_sampler", "condition"),
+        ("face_sampler", 0, "face_decode", "samples"), ("ckpt", 2, "face_decode", "vae"),
+        ("face_decode", 0, "face_crop", "image"), ("face_sampler", 0, "face_crop", "latent"),
+        ("face_crop", 0, "face_fix", "image"), ("face_stage1", 0, "face_fix", "reference"),
+        ("fix", 0, "paste", "background"), ("detect", 1, "paste", "faces"), ("face_fix", 0, "paste", "restored_faces"),
+        ("parser", 0, "paste", "face_parser"), ("paste", 0, "save", "images"),
+    ]
+    return nodes, links, {"restorer": SWINIR, "ckpt": SD21, "irc": IRC_V2, "detector": DETECTOR,
+                          "face_restorer": FACE_SWINIR, "iqa": MUSIQ, "parser": PARSER}
+
+
+LORA_SIZE = 512  # LoRA-SUPIR: "All images are preprocessed to a resolution of 512x512"
+
+
+def supir_lora_training():
+    """LoRA-SUPIR's LoRA training (Zhao, "Efficient Image Restoration through Low-Rank Adaptation and SDXL") on
+    ComfyUI's own nodes: SDXL + photos with caption .txt files -> 512x512 -> VAE/CLIP encode -> Train LoRA (AdamW,
+    lr 1e-4) -> Save LoRA + loss graph."""
+    nodes = [
+        ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SDXL[0]["name"]}),
+        ("data", "LoadImageTextDataSetFromFolder", {"folder": "lora_photos"},
+         "Photos + captions (ComfyUI/input/lora_photos: a.png + a.txt)"),
+        ("resize", "ResizeImagesByShorterEdge", {"shorter_edge": LORA_SIZE}),
+        ("crop", "CenterCropImages", {"width": LORA_SIZE, "height": LORA_SIZE}),
+        ("encode", "MakeTrainingDataset", {}),
+        ("train", "TrainLoraNode", {
+            "batch_size": 1, "grad_accumulation_steps": 1, "steps": 2000, "learning_rate": 0.0001, "rank": 8,
+            "optimizer": "AdamW", "loss_function": "MSE", "seed": 0, "control_after_generate": "fixed",
+            "training_dtype": "bf16", "lora_dtype": "bf16", "algorithm": "LoRA", "gradient_checkpointing": True},
+         "Train LoRA (paper: AdamW, lr 1e-4)"),
+        ("save", "SaveLoRA", {"prefix": "loras/supir_lora"}, "Save LoRA (output/loras -> move to models/loras)"),
+        ("loss", "LossGraphNode", {"filename_prefix": "supir_lora_loss"}),
+    ]
+    links = [
+        ("data", 0, "resize", "images"), ("resize", 0, "crop", "images"), ("crop", 0, "encode", "images"),
+        ("ckpt", 2, "encode", "vae"), ("ckpt", 1, "encode", "clip"), ("data", 1, "encode", "texts"),
+        ("ckpt", 0, "train", "model"), ("encode", 0, "train", "latents"), ("encode", 1, "train", "positive"),
+        ("train", 1, "save", "lora"), ("train", 3, "save", "steps"), ("train", 2, "loss", "loss"),
+    ]
+    return nodes, links, {"ckpt": SDXL}
+
+
+def supir_lora_metrics():
+    """supir_lora's chain on a degraded copy of the loaded photo, measured against the photo (LoRA-SUPIR's
+    evaluation of one photo)."""
+    nodes, links, models = supir_lora()
+    nodes = [("degrade", "AdaptBIR_DegradeImage", {"pipeline": "realesrgan", "seed": 0,
+                                                   "control_after_generate": "fixed", "scale": 4.0},
+              "Degrade Image (the ground truth's low-quality copy)")] + nodes
+    nodes[1] = ("load", "LoadImage", {"image": "example.png"}, "Ground truth (a clean photo)")
+    nodes += [("down", "ImageScaleBy", {"upscale_method": "area", "scale_by": 0.5}, "Back to the ground truth's size"),
+              ("metrics", "AdaptBIR_RestorationMetrics", {})]
+    links = [link for link in links if link[:3] != ("load", 0, "resize")]
+    links += [("load", 0, "degrade", "image"), ("degrade", 0, "resize", "image"), ("fix", 0, "down", "image"),
+              ("down", 0, "metrics", "restored"), ("load", 0, "metrics", "reference")]
+    return nodes, links, models
+
+
 # What each workflow does and what to change first; the files, folders, links and licences come from the manifest.
 ABOUT = {
     "adaptbir_sd21": (
@@ -220,6 +338,32 @@ ABOUT = {
         "file: the batch is ComfyUI's example.png and two degraded copies of it.",
         ["Replace the **Load Image** and the two **Degrade Image** nodes with your own images.",
          "**IQA Classifier**: `low_threshold` (40) and `high_threshold` (70) set the classes."]),
+    "diffbir_faces": (
+        "DiffBIR for an old photo with faces",
+        "Restores the whole photo at x2 with DiffBIR (SwinIR stage 1, IRControlNet, restoration guidance), and the "
+        "faces on their own: **Detect & Align Faces** finds them and cuts each to an aligned 512 crop, each face is "
+        "scored (k per face) and restored with the face SwinIR and its own sampler, and **Paste Faces** blends them "
+        "back over the face the parser finds.",
+        ["**Detect & Align Faces**: `threshold` (0.97; lower it for blurred or small faces).",
+         "**Face sampler** / **Background sampler**: `guidance_scale` (0.5) and `steps`, set apart.",
+         "**Background stage 1** `output_scale` and **Photo x2** `scale_by` must stay equal."]),
+    "supir_lora_training": (
+        "Train a LoRA for SUPIR (LoRA-SUPIR)",
+        "Trains an SDXL LoRA on your photos with ComfyUI's own training nodes, as LoRA-SUPIR does: photos and one "
+        "caption .txt per photo, resized and cropped to 512 x 512, AdamW at lr 1e-4. The LoRA is saved in "
+        "output/loras (move it to models/loras) with a loss graph; use it in the SUPIR workflows' LoRA nodes.",
+        ["Put `a.png` + `a.txt` pairs in `ComfyUI/input/lora_photos` (or set **folder**).",
+         "**Train LoRA**: `steps` (2000), `rank` (8), `learning_rate` (1e-4); bf16 needs a recent GPU.",
+         "**Save LoRA**: `prefix` names the file."]),
+    "supir_lora_metrics": (
+        "SUPIR with LoRAs, measured against the ground truth",
+        "LoRA-SUPIR's evaluation of one photo: the clean photo is degraded (fixed seed), restored with SUPIR and "
+        "your LoRAs (the supir_lora chain), brought back to the photo's size and compared with it by **Restoration "
+        "Metrics** (PSNR, SSIM, LPIPS when its files are there, MUSIQ), shown on the node.",
+        ["**Ground truth**: a clean photo of your own; **Degrade Image**: `pipeline` and `seed`.",
+         "**Face LoRA / Landscape LoRA**: your SDXL LoRAs (or delete the two nodes).",
+         "LPIPS (optional): `LPIPS_v0.1_alex-df73285e.pth` and `alexnet-owt-7be5be79.pth` in `models/iqa` (see "
+         "the README's models table)."]),
 }
 
 
@@ -243,13 +387,16 @@ WORKFLOWS = {
     "diffbir_v21_zsnr": lambda: diffbir_nodes(SD21_ZSNR, IRC_V21, 0.0, zsnr=True),
     "supir_lora": supir_lora,
     "quality_triage": quality_triage,
+    "diffbir_faces": diffbir_faces,
+    "supir_lora_training": supir_lora_training,
+    "supir_lora_metrics": supir_lora_metrics,
 }
 
 
 NOTE_SIZE = [460, 620]
 # nodes whose widgets show file names: wide enough that the page does not cut the names off (height: the page's)
 WIDE = {key: [400, None] for key in ("iqa", "ckpt", "restorer", "irc", "csft_file", "rvae", "loader", "lora1",
-                                     "lora2")}
+                                     "lora2", "detector", "parser", "face_restorer")}
 
 
 def spec(name: str) -> dict:

@@ -3,7 +3,10 @@
 1. ``requirements.txt`` names every third-party distribution that the runtime code (the files ComfyUI and the two
    scripts load: ``__init__.py``, ``nodes/``, ``modules/``, ``batch/``, ``training/``, ``batch.py``, ``train.py``,
    ``_launcher.py``) imports, except the host itself (ComfyUI's modules, torch), and nothing else; lower bounds
-   only; ``pyproject.toml`` declares the same list.
+   only; ``pyproject.toml`` declares the same list. One exception: a package imported only lazily (every import of
+   it inside a function, so that loading the pack never needs it) may instead be an optional feature's package,
+   named by one of ``pyproject.toml``'s ``[project.optional-dependencies]`` extras other than ``test`` (e.g. ``ray``
+   for ``batch.py --ray``, extra ``distributed``). Any top-level import must be in ``requirements.txt``.
 2. pip's own resolver (``pip install --dry-run --ignore-installed --report``, the installed torch pinned) resolves
    ComfyUI's requirements alone, then ComfyUI's + ours with every package of the first resolution pinned: the
    second must resolve (no upgrade or downgrade is needed) and may add only the pack's own requirements. Runs for
@@ -45,37 +48,79 @@ def dist_name(requirement: str) -> str:
     return re.split(r"[<>=!~ \[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def runtime_imports() -> dict[str, set[str]]:
-    """Top-level module name -> files of the runtime that import it (absolute imports only)."""
+def runtime_imports(lazy: bool | None = None) -> dict[str, set[str]]:
+    """Top-level module name -> files of the runtime that import it (absolute imports only). ``lazy=False``: only
+    imports run when the file is loaded (not inside a function); ``lazy=True``: only imports inside a function;
+    ``None``: all."""
     found: dict[str, set[str]] = {}
     files = [p for entry in RUNTIME for p in ((REPO / entry).rglob("*.py") if (REPO / entry).is_dir()
                                              else [REPO / entry])]
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
+
+    def visit(node: ast.AST, in_function: bool, path: Path) -> None:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        if lazy is None or lazy == in_function:
             for name in names:
                 found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(REPO)))
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner, path)
+
+    for path in files:
+        visit(ast.parse(path.read_text(), str(path)), False, path)
     return found
 
 
-def test_requirements_are_what_the_runtime_imports():
-    third_party = {m: files for m, files in runtime_imports().items()
+def third_party_dists(imports: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Distribution name (lower case, ``-`` for ``_``) -> files importing it, of the third-party modules in
+    ``imports``; fails for a module no installed distribution provides."""
+    third_party = {m: files for m, files in imports.items()
                    if m not in sys.stdlib_module_names and m not in HOST_MODULES and m not in PACK_MODULES}
     module_dists = importlib.metadata.packages_distributions()
     unknown = sorted(m for m in third_party if m not in module_dists)
     assert not unknown, f"runtime imports of no installed distribution: {unknown} ({[third_party[m] for m in unknown]})"
-    imported = {module_dists[m][0].lower().replace("_", "-") for m in third_party}
+    dists: dict[str, set[str]] = {}
+    for m, files in third_party.items():
+        dists.setdefault(module_dists[m][0].lower().replace("_", "-"), set()).update(files)
+    return dists
+
+
+def test_requirements_are_what_the_runtime_imports():
+    eager = third_party_dists(runtime_imports(lazy=False))
+    lazy_only = {d: f for d, f in third_party_dists(runtime_imports(lazy=True)).items() if d not in eager}
     reqs = requirement_lines(REPO / "requirements.txt")
     declared = {dist_name(r) for r in reqs}
-    assert declared == imported, (f"requirements.txt lists {sorted(declared - imported)} that the runtime never "
-                                  f"imports and misses {sorted(imported - declared)} that it does")
-    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+>=[0-9][0-9a-z.]*", r) for r in reqs), f"lower bounds only: {reqs}"
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = {name: {dist_name(r) for r in rs} for name, rs in project.get("optional-dependencies", {}).items()
+              if name != "test"}
+    in_extras = set().union(*extras.values()) if extras else set()
+    # a lazily imported package is either a requirement or an optional feature's package (an extra names it)
+    optional = {d for d in lazy_only if d not in declared}
+    undeclared = {d: sorted(lazy_only[d]) for d in optional if d not in in_extras}
+    assert not undeclared, (f"imported only inside functions but neither in requirements.txt nor in a pyproject "
+                            f"extra (other than 'test'): {undeclared}")
+    imported = set(eager) | (set(lazy_only) - optional)
+    assert declared == imported, (f"requirements.txt lists {sorted(declared - imported)} that the runtime never "
+                                  f"imports and misses {sorted(imported - declared)} that it does (files: "
+                                  f"{ {d: sorted(eager[d]) for d in imported - declared} })")
+    assert not declared & in_extras, f"packages both required and optional: {sorted(declared & in_extras)}"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+>=[0-9][0-9a-z.]*", r) for r in reqs), f"lower bounds only: {reqs}"
     assert sorted(project["dependencies"]) == sorted(reqs), "pyproject.toml's dependencies differ from requirements.txt"
+
+
+def test_optional_extras_name_the_lazy_imports():
+    """Each extra's purpose is checked where it matters: ``distributed`` names ray (imported only inside functions
+    of batch/), ``train`` names scikit-image (imported only inside training/cli.py's sample-photos command)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = {name: {dist_name(r) for r in rs} for name, rs in project["optional-dependencies"].items()}
+    assert "ray" in extras["distributed"] and "scikit-image" in extras["train"]
+    lazy = third_party_dists(runtime_imports(lazy=True))
+    eager = third_party_dists(runtime_imports(lazy=False))
+    assert "ray" in lazy and "ray" not in eager, "ray must stay a lazy import (batch.py --ray only)"
+    assert "scikit-image" in lazy and "scikit-image" not in eager, "scikit-image must stay a lazy import"
 
 
 def test_pyiqa_and_training_tools_are_not_runtime_requirements():

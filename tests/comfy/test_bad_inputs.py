@@ -951,3 +951,19 @@ def test_degrade_image_refuses_beyond_its_ceiling(host, executor, tiny, pack, sh
     else:
         refused(host, executor, p, "AdaptBIR_DegradeImage", "scale: spy reached")
         assert seen == [(1, 3, 4000, 6000)]
+
+@pytest.mark.parametrize(("node_id", "name", "filename", "url"), [
+    ("AdaptBIR_FaceDetectorLoader", "detector_name", "detection_Resnet50_Final.pth",
+     "https://github.com/xinntao/facexlib/releases/download/v0.1.0/detection_Resnet50_Final.pth"),
+    ("AdaptBIR_FaceParserLoader", "parser_name", "parsing_parsenet.pth",
+     "https://github.com/xinntao/facexlib/releases/download/v0.2.2/parsing_parsenet.pth"),
+])
+def test_missing_face_model_is_named_with_where_to_get_it_at_validation(host, node_id, name, filename, url):
+    """The face loaders check their file when the prompt is validated (as the other pack loaders do): the error
+    names the file, the facedetection folder and the manifest's download link, and nothing runs."""
+    prompt = {"1": {"class_type": node_id, "inputs": {name: filename}}, "2": sink(["1", 0])}
+    valid, _, _, node_errors = host.validate(prompt)
+    assert not valid
+    (err,) = node_errors["1"]["errors"]
+    assert err["type"] == "custom_validation_failed", err
+    assert filename in err["details"] and "'facedetection' model folder" in err["details"] and url in err["details"]

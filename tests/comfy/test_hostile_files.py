@@ -348,7 +348,7 @@ def test_names_that_leave_the_model_folder_are_refused(host, tiny, escape, loade
         assert fp is None or (isinstance(fp, tuple) and fp[-1] is None), fp
 
 
-@pytest.mark.parametrize("loader", ["ircontrolnet", "supir", "lora", "iqa"])
+@pytest.mark.parametrize("loader", ["ircontrolnet", "supir", "lora", "iqa", "face_detector", "face_parser"])
 def test_such_names_are_refused_through_the_executor_too(host, tiny, escape, loader):
     """ComfyUI 0.3.75 lets a combo value outside the list reach the node, so the loader's own check is what
     refuses it: when the prompt is validated, before anything runs."""

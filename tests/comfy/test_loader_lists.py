@@ -54,3 +54,42 @@ def test_each_loader_lists_the_files_of_its_kind(host, tiny, tmp_path):
                               "lst_unknown.safetensors"]
     assert mine(rvae) == ["lst_mystery.ckpt", "lst_unknown.safetensors"]
     assert not marker.exists(), "a file was unpickled to build a list"
+
+
+def test_face_loaders_list_detectors_and_parsers_apart(host, tiny, tmp_path):
+    """Load Face Detector lists RetinaFace files (by their keys, or facexlib's published names), Load Face Parser
+    ParseNet files; each leaves the other's out, and both list what cannot be told."""
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
+
+    d = host.models_dir / "facedetection"
+    d.mkdir(exist_ok=True)
+    save_file(tiny_detector_state_dict(), str(d / "lsf_a_detector.safetensors"))
+    save_file(tiny_parser_state_dict(), str(d / "lsf_b_parser.safetensors"))
+    save_file({"foo.weight": torch.zeros(2)}, str(d / "lsf_unknown.safetensors"))
+    marker = tmp_path / "unpickled"
+    for name in ("lsf_detection_Resnet50_Final.pth", "lsf_parsing_parsenet.pth"):  # by name (never unpickled)
+        (d / name).write_bytes(pickle.dumps(_Trap(marker)))
+    import folder_paths
+
+    getattr(folder_paths, "filename_list_cache", {}).clear()
+    detectors = [o for o in _options(host, "AdaptBIR_FaceDetectorLoader", "detector_name") if o.startswith("lsf_")]
+    parsers = [o for o in _options(host, "AdaptBIR_FaceParserLoader", "parser_name") if o.startswith("lsf_")]
+    # the keys decide for the safetensors files; "parsenet" in a name makes a parser, while the lsf_ prefix hides
+    # "detection_" (a prefix rule) so that file is unknown here: listed in both
+    assert detectors == ["lsf_a_detector.safetensors", "lsf_detection_Resnet50_Final.pth",
+                         "lsf_unknown.safetensors"]
+    assert parsers == ["lsf_b_parser.safetensors", "lsf_parsing_parsenet.pth", "lsf_detection_Resnet50_Final.pth",
+                       "lsf_unknown.safetensors"]
+    assert not marker.exists(), "a file was unpickled to build a list"
+
+
+def test_facexlib_file_names_pick_their_loader(pack):
+    """The published facexlib files (.pth, no header to read) go to their own loader by name."""
+    kinds = pack("nodes.file_lists").NAME_KINDS
+    import re
+
+    def by_name(name):
+        return {k for k, pats in kinds.items() if any(re.search(p, name, re.IGNORECASE) for p in pats)}
+
+    assert by_name("detection_Resnet50_Final.pth") == {"face_detector"}
+    assert by_name("parsing_parsenet.pth") == {"face_parser"}
