@@ -113,12 +113,9 @@ def load_restorer(name: str, precision: str = "auto"):
 
 
 def _restorer_options() -> list[str]:
-    import folder_paths
+    from .paths import filename_list
 
-    try:
-        return folder_paths.get_filename_list(RESTORER_FOLDER)
-    except KeyError:
-        return []
+    return filename_list(RESTORER_FOLDER)
 
 
 class RestorerLoader(io.ComfyNode):

@@ -198,7 +198,7 @@ def patch_model(model, csft: CSFTWeights, w: torch.Tensor):
 class CSFTLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from .paths import filename_list
 
         return io.Schema(
             node_id="AdaptBIR_CSFTLoader",
@@ -208,7 +208,7 @@ class CSFTLoader(io.ComfyNode):
                 "Loads AdaptBIR's CSFT layers (13 cft_blocks + 3 upsample_layers) from models/diffbir: an AdaptBIR "
                 "stage-3 checkpoint (model.diffusion_model.cft_blocks.*) or a file trained with this pack's "
                 "stage-III command. Recognised from the weights; only tensors are read, no code runs."),
-            inputs=[io.Combo.Input("csft_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+            inputs=[io.Combo.Input("csft_name", options=filename_list("diffbir"), tooltip=(
                 "File in ComfyUI/models/diffbir holding CSFT weights (a whole AdaptBIR checkpoint works; only the "
                 "CSFT part is kept)."))],
             outputs=[CSFTType.Output("csft", tooltip="The CSFT layers; connect them to CSFT Apply.")],

@@ -177,7 +177,7 @@ class IRControlNetControl(comfy.controlnet.ControlBase):
 class IRControlNetLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from .paths import filename_list
 
         return io.Schema(
             node_id="AdaptBIR_IRControlNetLoader",
@@ -187,7 +187,7 @@ class IRControlNetLoader(io.ComfyNode):
                 "Loads DiffBIR's IRControlNet (v1_general.pth, v1_face.pth, v2.pth, DiffBIR_v2.1.pt, the legacy "
                 "full v1 checkpoints) or the control branch of an AdaptBIR checkpoint from models/diffbir. The "
                 "kind is recognised from the weights, not the file name; only tensors are read, no code runs."),
-            inputs=[io.Combo.Input("control_net_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+            inputs=[io.Combo.Input("control_net_name", options=filename_list("diffbir"), tooltip=(
                 "File in ComfyUI/models/diffbir. v2.pth works with SD 2.1-base; DiffBIR_v2.1.pt needs the "
                 "zero-terminal-SNR v-prediction SD 2.1 base."))],
             outputs=[IRControlNetType.Output("control_net", tooltip=(

@@ -40,7 +40,7 @@ def build_vae(vae_sd: dict):
 class RestorationVAELoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from .paths import filename_list
 
         return io.Schema(
             node_id="AdaptBIR_RestorationVAELoader",
@@ -53,7 +53,7 @@ class RestorationVAELoader(io.ComfyNode):
                 "and decoder are the checkpoint's own VAE, for Dual Encoder Interpolate's restoration_vae. The "
                 "kind is recognised from the weights; only tensors are read, no code runs."),
             inputs=[
-                io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("diffbir"), tooltip=(
+                io.Combo.Input("ckpt_name", options=filename_list("diffbir"), tooltip=(
                     "AdaptBIR or SUPIR checkpoint (or a denoise_encoder-only file) in ComfyUI/models/diffbir.")),
                 io.Vae.Input("vae", optional=True, tooltip=(
                     "The checkpoint's own SD/SDXL VAE, needed when the file has only the restoration encoder "

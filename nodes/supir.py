@@ -210,7 +210,7 @@ class SUPIRLoRA(io.ComfyNode):
 class LoRASUPIRLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
+        from .paths import filename_list
 
         return io.Schema(
             node_id="AdaptBIR_LoRASUPIRLoader",
@@ -227,7 +227,7 @@ class LoRASUPIRLoader(io.ComfyNode):
                                "Juggernaut-XL or SDXL base 1.0). LoRAs applied before this node are kept."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE; its quant convs and decoder complete SUPIR's denoise "
                              "encoder."),
-                io.Combo.Input("supir_name", options=folder_paths.get_filename_list("supir"), tooltip=(
+                io.Combo.Input("supir_name", options=filename_list("supir"), tooltip=(
                     "SUPIR file in ComfyUI/models/supir: SUPIR-v0Q (general, default) or SUPIR-v0F (light "
                     "degradations, keeps more detail).")),
                 io.Clip.Input("clip", optional=True, tooltip="The SDXL CLIP, for the LoRAs' strength_clip."),
