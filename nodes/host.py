@@ -7,6 +7,10 @@ Patcher classes. Newer ComfyUI holds core models in ``comfy.model_patcher.CoreMo
 ``ModelPatcher`` by default, ``ModelPatcherDynamic`` once ``main.py`` enables ``--fast dynamic_vram`` on a GPU
 (weights stay on the offload device and every ``comfy.ops`` layer streams its weights per call through a
 comfy_aimdo allocation, ``_v``, kept on the module; on a CPU load device it falls back to ``ModelPatcher``).
+On a CPU, ``--fast dynamic_vram`` gives no dynamic patcher: ``main.py`` asks comfy_aimdo for device ``None``
+(checked on 0.12.1: with comfy-aimdo 0.6.0, the index's newest, ComfyUI stops at start-up with a TypeError
+there; an aimdo that answers False falls back to ``ModelPatcher``), so the tests build a
+``ModelPatcherDynamic`` object directly.
 Code that reads a core model's weights must therefore neither assume they are on the load device with patches
 written in place nor deep-copy modules (which would copy those allocations and weight functions).
 :func:`patched_weights` reads them through ComfyUI's own ``get_key_patches`` + ``comfy.lora.calculate_weight``
