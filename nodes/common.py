@@ -39,12 +39,12 @@ def check_model_file_name(folder: str, filename: str) -> None:
 def model_file_path(folder: str, filename: str) -> str:
     """Resolve ``filename`` inside ComfyUI model folder ``folder`` (never outside it), or raise PackError naming
     the folders searched and where to get the file (from the models manifest)."""
-    import folder_paths
+    from .paths import folder_dirs, full_path
 
     check_model_file_name(folder, filename)
-    path = folder_paths.get_full_path(folder, filename)
+    path = full_path(folder, filename)
     if path is None or not os.path.isfile(path):
-        dirs = folder_paths.get_folder_paths(folder) if folder in folder_paths.folder_names_and_paths else []
+        dirs = folder_dirs(folder)
         raise PackError(f"model file '{filename}' was not found in the '{folder}' model folder "
                         f"(searched: {', '.join(dirs) or 'no folder registered'}); {where_to_get(folder, filename)}")
     return path

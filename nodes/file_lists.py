@@ -116,15 +116,11 @@ def file_kinds(path: str) -> frozenset[str] | None:
 def loader_options(folder: str, kind: str) -> list[str]:
     """The files of model folder ``folder`` for a loader of ``kind``: those recognised as that kind first, then
     those whose kind is unknown (both in ComfyUI's order); files recognised as another kind are left out."""
-    import folder_paths
+    from .paths import filename_list, full_path
 
-    try:
-        files = folder_paths.get_filename_list(folder)
-    except KeyError:
-        return []
     fits, unknown = [], []
-    for name in files:
-        path = folder_paths.get_full_path(folder, name)
+    for name in filename_list(folder):
+        path = full_path(folder, name)
         kinds = file_kinds(path) if path else None
         if kinds is None:
             unknown.append(name)

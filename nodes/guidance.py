@@ -73,18 +73,25 @@ def grad_capable_decoder(vae, device, dtype=torch.float32, checkpoint=False) -> 
     checkpointing.
 
     ComfyUI runs prompts under ``torch.inference_mode()`` and loads weights there, so backpropagating through the
-    VAE itself fails; this copy leaves the caller's VAE untouched.
+    VAE itself fails; this copy leaves the caller's VAE untouched. The weights come through ComfyUI's patcher API
+    (the VAE's weight patches applied once) and the modules are a structural copy without patcher state, so it
+    works whatever patcher class holds the VAE and however it is loaded (see :mod:`.host`); nothing is loaded.
     """
-    import comfy.model_management as mm
+    from . import host
 
-    mm.load_models_gpu([vae.patcher])
     fsm = vae.first_stage_model
+    pq = getattr(fsm, "post_quant_conv", None)
+    prefixes = ("post_quant_conv.", "decoder.") if pq is not None else ("decoder.",)
     with torch.inference_mode(False):
-        dec = _FrozenDecoder(copy.deepcopy(getattr(fsm, "post_quant_conv", torch.nn.Identity())),
-                             copy.deepcopy(fsm.decoder))
-        state = {k: v.detach().clone().to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-                 for k, v in dec.state_dict().items()}
-        dec.load_state_dict(state, assign=True)
+        dec = _FrozenDecoder(host.plain_module_copy(pq) if pq is not None else torch.nn.Identity(),
+                             host.plain_module_copy(fsm.decoder))
+        dec.load_state_dict(host.patched_weights(vae.patcher, prefixes, device, dtype), strict=True, assign=True)
+        for name, buf in list(dec.named_buffers()):  # non-persistent buffers are in no state dict
+            if buf.is_meta:
+                owner, _, leaf = name.rpartition(".")
+                src = fsm.get_buffer(name).detach()
+                dec.get_submodule(owner)._buffers[leaf] = src.to(
+                    device=device, dtype=dtype if src.is_floating_point() else src.dtype, copy=True)
     dec = dec.requires_grad_(False).eval()
     return checkpointed_copy(dec) if checkpoint else dec
 

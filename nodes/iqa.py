@@ -120,13 +120,13 @@ MUSIQ_CACHE = _MusiqCache()
 
 def resolve_musiq_weights(variant: str, weights: str) -> str:
     """Path of the MUSIQ weights to use; ``auto`` means pyiqa's published file name for ``variant``."""
-    import folder_paths
+    from .paths import folder_dirs, full_path
 
     filename = iqa_mod.MUSIQ_VARIANTS[variant][1] if weights == AUTO else weights
     check_model_file_name(IQA_FOLDER, filename)
-    path = folder_paths.get_full_path(IQA_FOLDER, filename)
+    path = full_path(IQA_FOLDER, filename)
     if path is None:
-        dirs = folder_paths.get_folder_paths(IQA_FOLDER)
+        dirs = folder_dirs(IQA_FOLDER)
         raise PackError(
             f"MUSIQ weights '{filename}' for metric '{variant}' were not found in the '{IQA_FOLDER}' model folder "
             f"({', '.join(dirs)}): {where_to_get(IQA_FOLDER, filename)} (the pack never downloads weights itself).")
@@ -139,12 +139,9 @@ DEFAULT_WEIGHTS = iqa_mod.MUSIQ_VARIANTS["musiq"][1]  # the widget names a real 
 def _weights_options() -> list[str]:
     """'auto', the default metric's file (listed even before it is downloaded: queuing then names its download),
     then the files of the iqa folder."""
-    import folder_paths
+    from .paths import filename_list
 
-    try:
-        files = folder_paths.get_filename_list(IQA_FOLDER)
-    except KeyError:
-        files = []
+    files = filename_list(IQA_FOLDER)
     return list(dict.fromkeys([AUTO, DEFAULT_WEIGHTS, *files]))
 
 

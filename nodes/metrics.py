@@ -38,19 +38,16 @@ LPIPS_MIN_SIDE = 32  # AlexNet's stride-4 stem and two poolings need at least th
 
 
 def _iqa_files() -> list[str]:
-    import folder_paths
+    from .paths import filename_list
 
-    try:
-        return folder_paths.get_filename_list(IQA_FOLDER)
-    except KeyError:
-        return []
+    return filename_list(IQA_FOLDER)
 
 
 def _find(name: str):
-    import folder_paths
+    from .paths import full_path
 
     check_model_file_name(IQA_FOLDER, name)
-    return folder_paths.get_full_path(IQA_FOLDER, name)
+    return full_path(IQA_FOLDER, name)
 
 
 class _LPIPSCache:

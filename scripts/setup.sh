@@ -67,4 +67,6 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/
   fi
 fi
 "$PY" -c "import torch, torchvision, pyiqa, kornia, safetensors"
+# The second test host (ComfyUI 0.12.1), when its tarball is beside the checkout: see scripts/hosts.sh.
+. "$ROOT/scripts/hosts.sh"; setup_second_host
 echo "[setup] ready: $PY, ComfyUI at $HOST_DIR ($(cat "$HOST_DIR/comfyui_version.py" | grep __version__))"
