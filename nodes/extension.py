@@ -8,6 +8,7 @@ from . import (
     cleaners,
     csft,
     degrade,
+    hypir,
     iqa,
     ircontrolnet,
     latent,
@@ -23,7 +24,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
     return [*iqa.NODES, *triage.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
             *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
-            *tiled_sampling.NODES, *supir.NODES]
+            *tiled_sampling.NODES, *supir.NODES, *hypir.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

@@ -11,6 +11,7 @@ PACK_FOLDERS = {
     "iqa": "iqa",  # MUSIQ weights published by pyiqa
     "diffbir": "diffbir",  # DiffBIR IRControlNet weights and stage-1 restorers (SwinIR)
     "supir": "supir",  # SUPIR-v0Q / v0F adapters (original .ckpt or fp16 pruned .safetensors)
+    "hypir": "hypir",  # HYPIR_sd2.pth (HYPIR's one-step LoRA for SD 2.1 base; non-commercial licence)
 }
 
 
