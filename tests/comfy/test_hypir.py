@@ -197,3 +197,21 @@ def test_adapt_strength_from_iqa_class(host, tiny, plain, iqa_files):
 def test_adapt_without_params_is_refused(host, tiny, hypir_parts):
     with pytest.raises(ExecutionFailed, match="adapt: expected IQA params connected"):
         host.run(hypir_graph(tiny, _image(40, 40), adapt="timestep"))
+
+
+def test_hypir_nodes_leave_their_inputs_alone(host, tiny, hypir_parts):
+    """Load HYPIR LoRA returns a patched clone; HYPIR Restore (with per-image strength) leaves its model alone."""
+    model = tiny.tiny_model("sd2-eps", 0)
+    weights = {k: v.clone() for k, v in model.model.state_dict().items()}
+    loaded = host.node_class("AdaptBIR_HYPIRLoader").execute(model, HYPIR_FILE, 1.0).args[0]
+    assert loaded is not model and not model.patches and not model.attachments and loaded.patches
+    n_patches = {k: len(v) for k, v in loaded.patches.items()}
+    wrappers = dict(loaded.wrappers)
+    params = type("P", (), {"classes": ("mild",)})()
+    host.node_class("AdaptBIR_HYPIRRestore").execute(
+        loaded, tiny.tiny_vae(0), tiny.tiny_conditioning("", 0), _image(32, 32), tile_size=64, tile_stride=32,
+        adapt="both", mild_factor=0.5, params=params)
+    assert {k: len(v) for k, v in loaded.patches.items()} == n_patches and dict(loaded.wrappers) == wrappers
+    import comfy.model_management as mm
+    mm.unload_all_models()
+    assert all(torch.equal(weights[k], v) for k, v in model.model.state_dict().items())
