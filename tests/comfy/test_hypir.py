@@ -78,6 +78,25 @@ def hypir_parts(host, tiny):
     return unet, diffusers_vae(tiny), lora
 
 
+def tiny_hypir_state_dict(tiny, seed: int = 0, rank: int = RANK) -> dict:
+    """HYPIR's saved layout for the tiny SD2 UNet without peft: '<diffusers module>.lora_A/B.default.weight' for
+    every layer HYPIR's target list names, seeded (for loaders and workflows; the parity test uses peft itself)."""
+    import comfy.utils
+
+    weights = tiny.tiny_model("sd2-eps", 0).model.diffusion_model.state_dict()
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for dk, ck in sorted(comfy.utils.unet_to_diffusers(dict(tiny.SD2_UNET)).items()):
+        base = dk[:-len(".weight")]
+        if not dk.endswith(".weight") or ck not in weights or weights[ck].ndim < 2 or \
+                not any(base == m or base.endswith("." + m) for m in LORA_MODULES):
+            continue
+        w = weights[ck]
+        sd[base + ".lora_A.default.weight"] = torch.randn(rank, *w.shape[1:], generator=g) * 0.05
+        sd[base + ".lora_B.default.weight"] = torch.randn(w.shape[0], rank, *([1] * (w.ndim - 2)), generator=g) * 0.05
+    return sd
+
+
 def _wavelet_blur(image, radius):  # HYPIR/utils/common.py
     k = torch.tensor([[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=image.dtype)
     k = k[None, None].repeat(3, 1, 1, 1)
@@ -143,8 +162,10 @@ def _image(h, w, seed=0):
     return (0.7 * base + 0.3 * torch.rand(1, h, w, 3, generator=g)).contiguous()
 
 
-def test_lora_file_has_hypirs_saved_layout(hypir_parts):
+def test_lora_file_has_hypirs_saved_layout(tiny, hypir_parts):
     _, _, lora = hypir_parts
+    own = tiny_hypir_state_dict(tiny)
+    assert set(own) == set(lora) and all(own[k].shape == lora[k].shape for k in lora)  # the stand-in's layout
     assert lora and all(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in lora)
     assert any(".attn1.to_out.0.lora_A" in k for k in lora) and any("conv_shortcut.lora_B" in k for k in lora)
     assert any("downsamplers.0.conv.lora_A" in k for k in lora) and any(k.startswith("conv_out.") for k in lora)
@@ -215,3 +236,24 @@ def test_hypir_nodes_leave_their_inputs_alone(host, tiny, hypir_parts):
     import comfy.model_management as mm
     mm.unload_all_models()
     assert all(torch.equal(weights[k], v) for k, v in model.model.state_dict().items())
+
+
+def test_workflow_runs_in_the_executor(host, tiny, pack, musiq_random_state):
+    """workflows/hypir_one_step.json converted by the batch runner (equal to the page's conversion, see
+    test_workflows.py) runs with tiny stand-ins under the real file names and saves one image of the input size."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tests.comfy.test_workflows import tiny_prompt, write_tiny_files
+
+    write_tiny_files(host.models_dir, host.workdir / "input", tiny, musiq_state=musiq_random_state)
+    wf = json.loads((Path(__file__).resolve().parents[2] / "workflows" / "hypir_one_step.json").read_text())
+    prompt = tiny_prompt(pack("batch.workflow").to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS))
+    assert {v["class_type"] for v in prompt.values()} >= {"AdaptBIR_HYPIRLoader", "AdaptBIR_HYPIRRestore"}
+    ex = host.run(prompt)
+    (save,) = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    (image,) = host.ui(ex, save)["images"]
+    out = Image.open(host.workdir / "output" / image.get("subfolder", "") / image["filename"])
+    assert out.size == (36, 32)
