@@ -40,6 +40,10 @@ def identify_weights(keys) -> str | None:
     def contains(part):
         return any(part in k for k in keys)
 
+    if all(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in keys) and \
+            any(k.startswith(("down_blocks.", "up_blocks.", "mid_block.")) for k in keys):
+        return ("HYPIR's one-step LoRA for SD 2.1 (peft lora_A/lora_B.default keys on the diffusers UNet); put it "
+                "in models/hypir and load it with Load HYPIR LoRA")
     if any("lora_" in k or ".lora." in k or "lora_A" in k or "lora_B" in k for k in keys):
         return "a LoRA (lora_* keys); load it with a LoRA loader"
     if has("body.conv1.", "module.body.conv1.") and contains("ClassHead.") and contains("LandmarkHead."):

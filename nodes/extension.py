@@ -9,6 +9,7 @@ from . import (
     csft,
     degrade,
     faces,
+    hypir,
     iqa,
     ircontrolnet,
     latent,
@@ -25,7 +26,7 @@ def node_list() -> list[type[io.ComfyNode]]:
     """Every node the pack registers, in menu order."""
     return [*iqa.NODES, *triage.NODES, *latent.NODES, *restoration_vae.NODES, *cleaners.NODES, *degrade.NODES,
             *ircontrolnet.NODES, *csft.NODES, *sampling.NODES,
-            *tiled_sampling.NODES, *supir.NODES, *metrics.NODES, *faces.NODES]
+            *tiled_sampling.NODES, *supir.NODES, *metrics.NODES, *faces.NODES, *hypir.NODES]
 
 
 class AdaptBIRExtension(ComfyExtension):

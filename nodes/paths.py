@@ -20,6 +20,7 @@ PACK_FOLDERS = {
     "diffbir": "diffbir",  # DiffBIR IRControlNet weights and stage-1 restorers (SwinIR)
     "supir": "supir",  # SUPIR-v0Q / v0F adapters (original .ckpt or fp16 pruned .safetensors)
     "facedetection": "facedetection",  # RetinaFace-R50 (facexlib's detection_Resnet50_Final.pth), as other packs
+    "hypir": "hypir",  # HYPIR_sd2.pth (HYPIR's one-step LoRA for SD 2.1 base; non-commercial licence)
 }
 
 

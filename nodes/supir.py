@@ -129,13 +129,15 @@ def _check_lora_matches(name: str, lora: dict, model, clip) -> None:
     import comfy.lora
     import comfy.lora_convert
 
+    targets = "UNet or text encoders" if clip is not None else "UNet (no clip connected)"
+    kind = describe_weights(lora)
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
     if clip is not None:
         key_map = comfy.lora.model_lora_keys_clip(clip.cond_stage_model, key_map)
-    if comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False):
+    # HYPIR's SD 2.1 LoRA uses diffusers names that ComfyUI's SDXL key map also has: refuse it by its layout
+    if not kind.startswith("HYPIR") and \
+            comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False):
         return
-    targets = "UNet or text encoders" if clip is not None else "UNet (no clip connected)"
-    kind = describe_weights(lora)
     found = (f"a LoRA whose {len(lora)} tensors match no layer of it (a LoRA for another model family?)"
              if kind.startswith("a LoRA") else kind)
     raise PackError(f"lora '{name}': expected a LoRA for the connected SDXL model's {targets}, found {found}")

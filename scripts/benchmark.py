@@ -5,6 +5,7 @@ Run with the venv's Python from the repository root::
     python scripts/benchmark.py                    # CPU: tiny suite + real architectures at 256 px, fp32
     python scripts/benchmark.py                    # CUDA: real architectures at 512/1024/2048 px, bf16
     python scripts/benchmark.py --suite tiny --quick --size 64 --threads 1   # seconds
+    python scripts/benchmark.py --only hypir --suite tiny --size 128   # HYPIR 1 step vs DiffBIR 50 steps
 
 It prints a table and writes the same rows as JSON (``--json``). ComfyUI 0.3.75 is imported in-process with the
 pack loaded by ComfyUI's own custom-node loader (tests/support/comfy_host.py, as in the tests). Every network is
@@ -131,10 +132,12 @@ ROW_LABELS = {
     "guidance_mem_checkpoint": "guidance memory, checkpoint",
     "guidance_mem_tiled": "guidance memory, tiled",
     "diffbir_50_steps": "DiffBIR 50 steps + CFG",
+    "diffbir_50_whole": "DiffBIR 50 steps (UNet+IRC, CFG), whole",
+    "hypir_one_step": "HYPIR one step (1 UNet pass), whole",
 }
 BASELINES = {"unet_irc": "unet", "unet_irc_csft": "unet", "unet_comfy_cn": "unet", "guided_rgb_full": "unet_irc",
              "guided_rgb_checkpoint": "unet_irc", "guided_rgb_tiled": "unet_irc", "guided_latent": "unet_irc",
-             "sdxl_supir": "sdxl"}
+             "sdxl_supir": "sdxl", "hypir_one_step": "diffbir_50_whole"}
 
 
 # --- ComfyUI host and the pack ---------------------------------------------------------------------------------
@@ -741,6 +744,40 @@ def diffbir_50(run: Run, model, pos, neg, latent, dtype):
             notes="whole sampling, 50 steps, ms per image")
 
 
+def hypir_phase(run: Run, suite: str, sizes, dtype):
+    """HYPIR's one-step restoration beside DiffBIR's 50-step sampling, both whole (ms per image, VAE excluded),
+    at the same size in this run: HYPIR Restore's UNet call (nodes.hypir.one_step at model_t = coeff_t = 200;
+    HYPIR's LoRA is merged into the weights by ComfyUI, so it costs nothing per pass) vs 50 euler steps of UNet +
+    IRControlNet with CFG. ``ratio`` on the HYPIR row = its time over DiffBIR's; FLOPs of each whole call."""
+    import comfy.samplers
+
+    b = Builder(run.pack, suite, dtype)
+    run.log(f"[{suite}] HYPIR one step vs DiffBIR 50 steps ({b.dtype})")
+    model, irc = b.sd_model(), b.ircontrolnet()
+    one_step = run.pack("nodes.hypir").one_step
+    pos, neg = b.conditioning(False, 0, 0), b.conditioning(False, 0, 1)
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", 50)
+    repeats = 1 if run.args.quick else 3
+    for size in sizes:
+        h = size // 8
+        g = torch.Generator().manual_seed(size)
+        latent = torch.randn(1, 4, h, h, generator=g) * 5.0
+        control = irc.copy().set_cond_hint(latent * 0.18215, 1.0, (0.0, 1.0))
+        ipos, ineg = attach_control(pos, control), attach_control(neg, control)
+
+        def hypir(lat=latent):
+            with torch.inference_mode():
+                return one_step(model, pos, lat, 200, 200)
+
+        slow = measure_call(lambda lat=latent, p=ipos, n=ineg: sample(model, p, n, lat, sigmas), repeats, run.dev)
+        fast = measure_call(hypir, repeats, run.dev)
+        run.add("diffbir_50_whole", suite, size, b.dtype, slow, notes="50 euler steps, CFG 4: 100 UNet + 100 IRC "
+                "passes; ms per image")
+        run.add("hypir_one_step", suite, size, b.dtype, fast, notes="1 UNet pass; ms per image; ratio = HYPIR / "
+                "DiffBIR 50 steps, same run")
+    del model, irc, control, ipos, ineg
+
+
 def _guidance(run: Run, vae, guide, mode, dtype, tile_size):
     cls, has_modes, has_grad = guidance_api(run.pack)
     if not (has_modes and has_grad):
@@ -1001,9 +1038,15 @@ def run_one_suite(run: Run, suite: str, args):
     else:
         mem_sizes = [1024, 2048] if suite == "real" else [512]
     run.log(f"== suite {suite}: sizes {sizes}, {dtype}, {run.rounds} x {steps} steps per row, device {dev.name}")
-    if suite == "real" and not dev.cuda:
+    if suite == "real" and not dev.cuda and args.only != "hypir":
         run.skip("diffbir_50_steps", suite, 512, "a GPU target (512 px, bf16): runs only on CUDA")
-    run_suite(run, suite, sizes, dtype, steps, tile, mem_sizes, getattr(torch, args.mem_dtype))
+    if args.only != "hypir":
+        run_suite(run, suite, sizes, dtype, steps, tile, mem_sizes, getattr(torch, args.mem_dtype))
+    if args.only == "hypir" or not args.quick:  # 50 whole sampling runs: not in the quick smoke run
+        try:
+            hypir_phase(run, suite, sizes, dtype)
+        finally:
+            release()
 
 
 def run_benchmark(host, args) -> dict:
@@ -1058,6 +1101,8 @@ def parse_args(argv=None):
                    help="where to write the results (default: test-artifacts/benchmark.json, git-ignored)")
     p.add_argument("--quick", action="store_true",
                    help="one round of 2 steps, fewer repeats, meta count at the run size only, no meta-count check")
+    p.add_argument("--only", default="all", choices=["all", "hypir"],
+                   help="hypir: only HYPIR's one step vs DiffBIR's 50 steps (whole sampling, same size, one run)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's default)")
     p.add_argument("--silent", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)

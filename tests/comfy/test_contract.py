@@ -111,6 +111,7 @@ CHECKED_PATCHING_NODES = {
     "AdaptBIR_SUPIRApply": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
     "AdaptBIR_SUPIRConditioning": ("tests.comfy.test_supir", "test_supir_nodes_leave_their_inputs_alone"),
     "AdaptBIR_TiledDiffusion": ("tests.comfy.test_tiled_sampling", "test_tiled_diffusion_leaves_the_model_alone"),
+    "AdaptBIR_HYPIRLoader": ("tests.comfy.test_hypir", "test_hypir_nodes_leave_their_inputs_alone"),
 }
 
 

@@ -23,7 +23,7 @@ from tests.comfy.conftest import KONIQ_FILE, image_node, iqa_node, sample_images
 from tests.support.comfy_host import ExecutionFailed
 
 PREFIX = "hostile_"
-FOLDERS = ("iqa", "diffbir", "supir", "loras", "facedetection")
+FOLDERS = ("iqa", "diffbir", "supir", "loras", "facedetection", "hypir")
 SUPIR_OK = PREFIX + "ok_supir.safetensors"  # a loadable tiny SUPIR file, for the LoRA loader's row
 
 # loader -> (node that must fail, model folder, phrase of what it expects)
@@ -37,6 +37,7 @@ LOADERS = {
     "lora": ("AdaptBIR_LoRASUPIRLoader", "loras", "LoRA"),
     "face_detector": ("AdaptBIR_FaceDetectorLoader", "facedetection", "RetinaFace-R50 face detector"),
     "face_parser": ("AdaptBIR_FaceParserLoader", "facedetection", "ParseNet face parsing weights"),
+    "hypir": ("AdaptBIR_HYPIRLoader", "hypir", "HYPIR weights"),
 }
 
 # sample -> (file name, phrase of what the message must say was found)
@@ -64,13 +65,14 @@ FAMILIES = {
     "musiq": ("musiq.safetensors", "MUSIQ"),
     "retinaface": ("retinaface.safetensors", "RetinaFace face detector"),
     "parsenet": ("parsenet.safetensors", "ParseNet face parsing"),
+    "hypir": ("hypir.safetensors", "HYPIR"),
 }
 NOMATCH = ("lora_nomatch.safetensors", "match no layer")
 # files a loader accepts (its own kind, or one it is documented to read)
 ACCEPTED = {("ircontrolnet", "ircontrolnet"), ("restorer", "swinir"), ("csft", "csft"),
             ("restoration_vae", "denoise_encoder"), ("restoration_vae", "supir"), ("supir", "supir"),
             ("iqa", "musiq"), ("lora", "lora"), ("face_detector", "retinaface"),
-            ("face_parser", "parsenet")}
+            ("face_parser", "parsenet"), ("hypir", "hypir")}
 
 
 def _cells():
@@ -216,6 +218,9 @@ def hostile(host, pack, tiny, sm, sdxl, tmp_path_factory):
     supir.update({"denoise_encoder." + k[len("encoder."):]: v for k, v in tiny._vae_weights(3, 4).items()
                   if k.startswith("encoder.")})
     files["supir"] = {k: v.contiguous() for k, v in supir.items()}
+    from tests.comfy.test_hypir import tiny_hypir_state_dict
+
+    files["hypir"] = names_only(tiny_hypir_state_dict(tiny))
     for sample, sd in files.items():
         save_file(sd, str(src / FAMILIES[sample][0]), metadata=metadata.get(sample))
     save_file({f"lora_unet_no_such_block_{i}.{p}": torch.zeros(1) for i in range(3)
@@ -248,6 +253,10 @@ def loader_graph(tiny, loader: str, name: str) -> dict:
                 "lora_name": name, "strength_model": 1.0, "strength_clip": 0.0, "strength_adapter": 0.0}}
             p["5"]["inputs"]["loras"] = ["3", 0]
         return p
+    if loader == "hypir":
+        return {"2": {"class_type": "AdaptBIRTest_TinyCheckpoint", "inputs": {"kind": "sd2-eps", "seed": 0}},
+                "5": {"class_type": "AdaptBIR_HYPIRLoader", "inputs": {"model": ["2", 0], "hypir_name": name,
+                                                                       "strength": 1.0}}, "9": sink}
     node, _, _ = LOADERS[loader]
     widget = {"ircontrolnet": "control_net_name", "restoration_vae": "ckpt_name", "csft": "csft_name",
               "restorer": "restorer_name", "face_detector": "detector_name", "face_parser": "parser_name"}[loader]
@@ -325,6 +334,8 @@ def _execute(host, tiny, loader: str, name: str):
         return cls.execute(detector_name=name)
     if loader == "face_parser":
         return cls.execute(parser_name=name)
+    if loader == "hypir":
+        return cls.execute(model=tiny.tiny_model("sd2-eps", 0), hypir_name=name)
     model, vae = tiny.tiny_model("sdxl", 0), tiny.tiny_vae(0)
     if loader == "supir":
         return cls.execute(model=model, vae=vae, supir_name=name)
@@ -347,12 +358,12 @@ def test_names_that_leave_the_model_folder_are_refused(host, tiny, escape, loade
     if loader not in ("iqa", "lora"):  # the fingerprint of a refused name is None, not the escaped file's
         widget = {"ircontrolnet": "control_net_name", "restoration_vae": "ckpt_name", "csft": "csft_name",
                   "restorer": "restorer_name", "supir": "supir_name", "face_detector": "detector_name",
-                  "face_parser": "parser_name"}[loader]
+                  "face_parser": "parser_name", "hypir": "hypir_name"}[loader]
         fp = cls.fingerprint_inputs(**{widget: name})
         assert fp is None or (isinstance(fp, tuple) and fp[-1] is None), fp
 
 
-@pytest.mark.parametrize("loader", ["ircontrolnet", "supir", "lora", "iqa", "face_detector", "face_parser"])
+@pytest.mark.parametrize("loader", ["ircontrolnet", "supir", "lora", "iqa", "face_detector", "face_parser", "hypir"])
 def test_such_names_are_refused_through_the_executor_too(host, tiny, escape, loader):
     """ComfyUI 0.3.75 lets a combo value outside the list reach the node, so the loader's own check is what
     refuses it: when the prompt is validated, before anything runs (ComfyUI 0.12.1, which checks V3 combo values

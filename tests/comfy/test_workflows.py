@@ -129,8 +129,11 @@ def write_tiny_files(models: Path, inputs: Path, tiny, sm_module=None, sdxl=None
     """Tiny weights with the workflows' file names; returns nothing. ``models`` is a ComfyUI models folder."""
     from tests.comfy.test_cleaners import tiny_swinir
 
-    for sub in ("diffbir", "iqa", "supir", "loras"):
+    from tests.comfy.test_hypir import tiny_hypir_state_dict
+
+    for sub in ("diffbir", "iqa", "supir", "loras", "hypir"):
         (models / sub).mkdir(parents=True, exist_ok=True)
+    torch.save(tiny_hypir_state_dict(tiny), models / "hypir" / "HYPIR_sd2.pth")
     irc = tiny.tiny_ircontrolnet_state_dict(0)
     for name in ("v2.pth", "DiffBIR_v2.1.pt"):
         torch.save(irc, models / "diffbir" / name)
@@ -169,6 +172,8 @@ def tiny_prompt(prompt: dict) -> dict:
         elif node["class_type"] == "VAELoader":
             node["class_type"] = "AdaptBIRTest_TinyVAE"
             node["inputs"] = {"seed": 1, "latent_channels": 4}
+        elif node["class_type"] == "AdaptBIR_HYPIRRestore":  # 64 px tiles: the tiny images stay tiny
+            inputs.update(tile_size=64, tile_stride=32)
         for key, value in FAST.items():
             if key in inputs and not isinstance(inputs[key], list):
                 inputs[key] = value
@@ -341,7 +346,7 @@ def test_each_converted_workflow_runs_in_the_executor(host, tiny, musiq_random_s
         return
     assert len(images) == 1
     out = Image.open(host.workdir / "output" / images[0].get("subfolder", "") / images[0]["filename"])
-    scale = 4 if name.startswith("diffbir") and name != "diffbir_faces" else 2
+    scale = 4 if name.startswith("diffbir") and name != "diffbir_faces" else 1 if name.startswith("hypir") else 2
     assert out.size == (36 * scale, 32 * scale)
 
 
