@@ -21,6 +21,7 @@ import torch
 
 from tests.comfy.conftest import image_node, sample_images
 from tests.comfy.test_csft_apply import csft_file  # noqa: F401 - module fixture: the tiny CSFT file
+from tests.comfy.test_faces import DETECTOR, NOSES, detector_files, photo  # noqa: F401 - tiny face detector
 from tests.comfy.test_supir import SUPIR_FILE, supir_files  # noqa: F401 - module fixture: the tiny SUPIR files
 from tests.support.comfy_host import ExecutionFailed
 
@@ -392,9 +393,64 @@ IMAGE_INPUTS = {
     "AdaptBIR_SUPIRApply": ("image", _g_supir, True),
 }
 
+# ------------------------------------------------------ the image inputs of the metrics, faces and HYPIR nodes
+
+
+def _g_metrics(good_input):
+    """Restoration Metrics with the bad image on one input and a valid 16x16 image on the other (LPIPS and MUSIQ
+    off: nothing is loaded)."""
+    def build(tiny, pack, img):
+        good = image_node(tiny, "metrics_good", sample_images(1, 16, 16))
+        inputs = {"restored": img, "reference": img, "crop_border": 0, "lpips_weights": "none",
+                  "musiq_weights": "none"}
+        inputs[good_input] = ["g", 0]
+        return {"g": good, "n": {"class_type": "AdaptBIR_RestorationMetrics", "inputs": inputs}, "s": sink(("n", 0))}
+    return build
+
+
+def _face_detection(tiny, img) -> dict:
+    """Load Face Detector (the tiny RetinaFace of test_faces.py) -> Detect & Align Faces on ``img`` (node "fd")."""
+    return {"fl": {"class_type": "AdaptBIR_FaceDetectorLoader", "inputs": {"detector_name": DETECTOR}},
+            "fd": {"class_type": "AdaptBIR_DetectFaces", "inputs": {
+                "image": img, "face_detector": ["fl", 0], "face_size": 64, "threshold": 0.97, "detect_size": 0,
+                "min_eye_distance": 5.0, "max_faces": 0}}}
+
+
+def _g_detect_faces(tiny, pack, img):
+    return {**_face_detection(tiny, img), "s": sink(("fd", 1))}
+
+
+def _g_paste_faces(bad_input):
+    """Paste Faces with valid faces (one face found in test_faces' synthetic photo) and its crops as the restored
+    faces, the bad image on ``bad_input``. A face must be found: with none, restored_faces is never evaluated."""
+    def build(tiny, pack, img):
+        p = {"ph": image_node(tiny, "paste_photo", photo(NOSES[:1])), **_face_detection(tiny, ["ph", 0])}
+        inputs = {"background": ["ph", 0], "faces": ["fd", 1], "restored_faces": ["fd", 0], "feather": 0.1}
+        inputs[bad_input] = img
+        return {**p, "n": {"class_type": "AdaptBIR_PasteFaces", "inputs": inputs}, "s": sink(("n", 0))}
+    return build
+
+
+def _g_hypir(tiny, pack, img):
+    """HYPIR Restore on the tiny SD 2 model of sources() (adapt off needs no HYPIR LoRA; test_hypir.py covers it)."""
+    return {"n": {"class_type": "AdaptBIR_HYPIRRestore", "inputs": {
+        "model": ["ck", 0], "vae": ["ck", 1], "positive": ["pos", 0], "image": img, "model_t": 200, "coeff_t": 200,
+        "upscale": 1.0, "color_fix": "wavelet", "tile_size": 64, "tile_stride": 32, "adapt": "off",
+        "mild_factor": 0.5}}, "s": sink(("n", 0))}
+
+
+IMAGE_INPUTS.update({
+    "AdaptBIR_RestorationMetrics/restored": ("restored", _g_metrics("reference"), False),
+    "AdaptBIR_RestorationMetrics/reference": ("reference", _g_metrics("restored"), False),
+    "AdaptBIR_DetectFaces": ("image", _g_detect_faces, False),
+    "AdaptBIR_PasteFaces/background": ("background", _g_paste_faces("background"), False),
+    "AdaptBIR_PasteFaces/restored_faces": ("restored_faces", _g_paste_faces("restored_faces"), False),
+    "AdaptBIR_HYPIRRestore": ("image", _g_hypir, False),
+})
+
 
 @pytest.fixture(scope="module")
-def files(host, iqa_files, irc_file, swinir_file, supir_files):  # noqa: F811 - the imported module fixture
+def files(host, iqa_files, irc_file, swinir_file, supir_files, detector_files):  # noqa: F811 - imported fixtures
     return {"irc": irc_file}
 
 
