@@ -235,9 +235,11 @@ def test_memory_widgets_follow_block_size_on_both_nodes(host):
         required, optional = list(types["required"]), list(types["optional"])
         widgets = [n for n in required + optional if n not in ("condition", "guide_image", "model", "positive",
                                                               "negative", "vae", "latent_image")]
-        # the page stores widget values required first, then optional: the new ones follow block_size
-        assert required[-1] == "block_size" and widgets[-4:] == ["block_size", "g_memory", "g_precision",
-                                                                 "g_tile_size"], (required, optional)
+        # the page stores widget values required first, then optional: the new ones follow block_size (and come
+        # before widgets appended later still, such as the sampler's rescale_cfg)
+        i = widgets.index("block_size")
+        assert required[-1] == "block_size" and widgets[i:i + 4] == ["block_size", "g_memory", "g_precision",
+                                                                     "g_tile_size"], (required, optional)
 
 
 def test_sampler_with_tiled_guidance_end_to_end(host, tiny, irc_file):

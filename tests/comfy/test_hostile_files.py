@@ -478,6 +478,13 @@ def damaged(host, tiny, sm, sdxl, musiq_random_state, hostile):
            "restorer": dict(tiny_swinir().state_dict()), "supir": supir,
            "lora": {f"lora_unet_block_{i}.{p}": torch.randn(4, 8) for i in range(2)
                     for p in ("lora_down.weight", "lora_up.weight")}}
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
+    from tests.comfy.test_hypir import tiny_hypir_state_dict
+
+    own.update(face_detector=dict(tiny_detector_state_dict()), face_parser=dict(tiny_parser_state_dict()),
+               hypir=dict(tiny_hypir_state_dict(tiny)))
+    missing = set(LOADERS) - set(own)
+    assert not missing, f"no damaged-file sample for the loaders {sorted(missing)}"
     metadata = {"csft": {"adaptbir_kind": "csft", "format_version": "1"}}
     out = {}
     for loader, damage in _damaged_cells():

@@ -107,10 +107,11 @@ def test_exported_weights_are_written_atomically(pack, tiny, tmp_path, monkeypat
     import safetensors.torch
 
     stage3 = pack("training.stage3")
-    task = stage3.CSFTTask.__new__(stage3.CSFTTask)  # export() needs only these two attributes
+    task = stage3.CSFTTask.__new__(stage3.CSFTTask)  # export() needs only these three attributes
     sd = dict(tiny.tiny_csft_state_dict(0))
     task.trainable_state = lambda: sd
     task.base_model = "tiny-sd2"
+    task.hint_convention = "adaptbir"
     path = task.export(str(tmp_path))
     before = (tmp_path / "csft.safetensors").read_bytes()
 
