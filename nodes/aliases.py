@@ -37,6 +37,9 @@ ALIASES = {
     "AdaptBIR_PasteFaces": ["face", "paste", "paste back", "restore face", "blend", "DiffBIR", *RESTORE],
     "AdaptBIR_RestorationMetrics": ["PSNR", "SSIM", "LPIPS", "MUSIQ", "metrics", "compare", "evaluate", "IQA",
                                     "image quality", "benchmark", "ground truth"],
+    "AdaptBIR_HYPIRLoader": ["HYPIR", "LoRA", "one step", "fast restore", *RESTORE, "upscale", "SD 2.1"],
+    "AdaptBIR_HYPIRRestore": ["HYPIR", "one step", "fast restore", *RESTORE, "upscale", "super resolution",
+                              "denoise", "deblur", "LoRA"],
     "AdaptBIR_TiledDiffusion": ["tile", "tiled", "large image", "upscale", "DiffBIR", "SUPIR", "restore"],
 }
 

@@ -23,6 +23,7 @@ NAME_KINDS = {
     "supir": (r"^supir",),
     "face_detector": (r"^detection_", r"retinaface"),  # facexlib's detection_Resnet50_Final.pth / _mobilenet0.25
     "face_parser": (r"^parsing_", r"parsenet"),  # facexlib's parsing_parsenet.pth (parsing_bisenet.pth: refused)
+    "hypir": (r"^hypir",),  # HYPIR_sd2.pth from huggingface.co/lxq007/HYPIR
 }
 MAX_HEADER = 64 * 1024 * 1024  # a safetensors header larger than this is not read (not a weights file we know)
 
@@ -32,8 +33,8 @@ def kinds_from_keys(keys, metadata: dict | None = None) -> set[str] | None:
     kind of file, e.g. a LoRA or an SD checkpoint), or None when nothing tells.
 
     Kinds: ``ircontrolnet``, ``csft``, ``restoration_vae``, ``restorer``, ``supir``, ``iqa``, ``face_detector``
-    (RetinaFace), ``face_parser`` (ParseNet). A full AdaptBIR
-    checkpoint fits several loaders (its control, CSFT layers and restoration encoder)."""
+    (RetinaFace), ``face_parser`` (ParseNet), ``hypir`` (HYPIR's peft LoRA on SD 2.1's diffusers UNet). A full
+    AdaptBIR checkpoint fits several loaders (its control, CSFT layers and restoration encoder)."""
     from ..modules.weights_kind import identify_weights
 
     meta_kind = (metadata or {}).get("adaptbir_kind")
@@ -47,6 +48,9 @@ def kinds_from_keys(keys, metadata: dict | None = None) -> set[str] | None:
         return any(p in k for k in keys for p in parts)
 
     kinds = set()
+    if all(k.endswith((".lora_A.default.weight", ".lora_B.default.weight")) for k in keys) and \
+            has("down_blocks.", "up_blocks.", "mid_block."):
+        return {"hypir"}  # HYPIR's published layout (peft names on the diffusers UNet)
     if has("control_model.") and has("project_modules."):
         kinds.add("supir")
         if has("denoise_encoder."):

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 
 from ..modules import hypir as hy
 from ..modules.weights_kind import describe_weights
+from .aliases import aliases_for
 from .common import (
     CATEGORY_ROOT,
     PackError,
@@ -23,9 +24,11 @@ from .common import (
     file_fingerprint,
     input_image,
     load_weights,
+    missing_file_error,
     model_file_path,
     widget_bounds_error,
 )
+from .file_lists import loader_options
 from .tiled_sampling import set_tiling
 
 CAT_HYPIR = f"{CATEGORY_ROOT}/hypir"
@@ -76,21 +79,23 @@ def load_hypir_lora(model, sd: dict, name: str, strength: float):
 class HYPIRLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        import folder_paths
-
         return io.Schema(
             node_id="AdaptBIR_HYPIRLoader",
+            **aliases_for("AdaptBIR_HYPIRLoader"),
             display_name="Load HYPIR LoRA",
             category=CAT_HYPIR,
             description=(
+                "Makes a fast photo restorer out of SD 2.1: one step instead of fifty, for blurry, noisy or "
+                "low-resolution photos. "
                 "Adds HYPIR's one-step restoration LoRA (HYPIR_sd2.pth, rank 256 on SD 2.1 base's attention, "
                 "feed-forward and convolution layers) to an SD 2.1 base model with ComfyUI's LoRA machinery, so it "
                 "stacks with other LoRAs. Only tensors are read, no code runs. HYPIR's weights are for "
                 "non-commercial use only."),
             inputs=[
                 io.Model.Input("model", tooltip="SD 2.1 base (v2-1_512-ema-pruned), from Load Checkpoint."),
-                io.Combo.Input("hypir_name", options=folder_paths.get_filename_list("hypir"), tooltip=(
-                    "HYPIR's weight file in ComfyUI/models/hypir (HYPIR_sd2.pth from huggingface.co/lxq007/HYPIR).")),
+                io.Combo.Input("hypir_name", options=loader_options("hypir", "hypir"), tooltip=(
+                    "HYPIR's weight file in ComfyUI/models/hypir (HYPIR_sd2.pth from huggingface.co/lxq007/HYPIR; "
+                    "recognised by its weights or that name).")),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01, tooltip=(
                     "LoRA strength (HYPIR: 1). HYPIR Restore can lower it per image from IQA params.")),
             ],
@@ -99,8 +104,9 @@ class HYPIRLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kwargs):
-        return widget_bounds_error(cls, kwargs) or True
+    def validate_inputs(cls, hypir_name=None, **kwargs):
+        # checked when the prompt is queued: every missing file of a graph is named at once, with where to get it
+        return missing_file_error("hypir", hypir_name) or widget_bounds_error(cls, kwargs) or True
 
     @classmethod
     def fingerprint_inputs(cls, hypir_name, **kwargs):
@@ -158,9 +164,12 @@ class HYPIRRestore(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="AdaptBIR_HYPIRRestore",
+            **aliases_for("AdaptBIR_HYPIRRestore"),
             display_name="HYPIR Restore (one step)",
             category=CAT_HYPIR,
             description=(
+                "Restores a blurry, noisy or low-resolution photo in a single step, many times faster than "
+                "DiffBIR or SUPIR. "
                 "HYPIR's one-step restoration: encodes the image with the VAE, makes one UNet call at model_t on "
                 "its latent, takes x0 at coeff_t, decodes and fixes colours against the input, exactly as HYPIR's "
                 "enhancer. Large images run in Gaussian-blended latent tiles and a tiled VAE. Optional IQA params "

@@ -42,6 +42,7 @@ LORA_LAND = model("your_sdxl_landscape_lora.safetensors", "loras")
 FACE_SWINIR = model("face_swinir_v1.ckpt", "diffbir")
 DETECTOR = model("detection_Resnet50_Final.pth", "facedetection")
 PARSER = model("parsing_parsenet.pth", "facedetection")
+HYPIR = model("HYPIR_sd2.pth", "hypir")
 IQA_WIDGETS = {"weights": MUSIQ[0]["name"]}  # the real file name, so the page's missing-models dialog offers it
 NEGATIVE = "low quality, blurry, low-resolution, noisy, unsharp, weird textures"  # DiffBIR v2's default
 
@@ -300,6 +301,28 @@ def supir_lora_metrics():
     return nodes, links, models
 
 
+def hypir_one_step():
+    """HYPIR (one UNet pass): SD 2.1 base + HYPIR's LoRA, an empty prompt, the IQA Classifier's params connected
+    (adapt off by default: HYPIR as published) -> HYPIR Restore -> Save."""
+    nodes = [
+        ("load", "LoadImage", {"image": "example.png"}),
+        ("ckpt", "CheckpointLoaderSimple", {"ckpt_name": SD21[0]["name"]}),
+        ("hypir", "AdaptBIR_HYPIRLoader", {"hypir_name": HYPIR[0]["name"], "strength": 1.0}),
+        ("pos", "CLIPTextEncode", {"text": ""}, "Prompt (empty, as HYPIR)"),
+        ("iqa", "AdaptBIR_IQAClassifier", IQA_WIDGETS),
+        ("restore", "AdaptBIR_HYPIRRestore", {"model_t": 200, "coeff_t": 200, "upscale": 1.0,
+                                              "color_fix": "wavelet", "tile_size": 512, "tile_stride": 256,
+                                              "adapt": "off", "mild_factor": 0.5}),
+        ("save", "SaveImage", {"filename_prefix": "hypir"}),
+    ]
+    links = [
+        ("ckpt", 0, "hypir", "model"), ("ckpt", 1, "pos", "clip"), ("load", 0, "iqa", "image"),
+        ("hypir", 0, "restore", "model"), ("ckpt", 2, "restore", "vae"), ("pos", 0, "restore", "positive"),
+        ("load", 0, "restore", "image"), ("iqa", 0, "restore", "params"), ("restore", 0, "save", "images"),
+    ]
+    return nodes, links, {"ckpt": SD21, "hypir": HYPIR, "iqa": MUSIQ}
+
+
 # What each workflow does and what to change first; the files, folders, links and licences come from the manifest.
 ABOUT = {
     "adaptbir_sd21": (
@@ -364,6 +387,17 @@ ABOUT = {
          "**Face LoRA / Landscape LoRA**: your SDXL LoRAs (or delete the two nodes).",
          "LPIPS (optional): `LPIPS_v0.1_alex-df73285e.pth` and `alexnet-owt-7be5be79.pth` in `models/iqa` (see "
          "the README's models table)."]),
+    "hypir_one_step": (
+        "HYPIR: restoration in one step",
+        "Restores a photo with a single pass of SD 2.1 base carrying HYPIR's LoRA (**Load HYPIR LoRA**), many times "
+        "faster than DiffBIR's 50 steps: **HYPIR Restore** encodes the photo, makes one UNet call, decodes and "
+        "fixes the colours. The IQA Classifier is connected but `adapt` is off (HYPIR as published). **HYPIR's "
+        "weights are for non-commercial use only.**",
+        ["**HYPIR Restore**: `upscale` (1 = same size; 4 for x4 super-resolution, as HYPIR's examples).",
+         "**HYPIR Restore**: `adapt` (strength / timestep / both) lowers the change for mildly degraded photos, "
+         "by `mild_factor`.",
+         "**HYPIR Restore**: `tile_size` / `tile_stride` (512 / 256) for large photos; **Load HYPIR LoRA**: "
+         "`strength` (1)."]),
 }
 
 
@@ -390,13 +424,14 @@ WORKFLOWS = {
     "diffbir_faces": diffbir_faces,
     "supir_lora_training": supir_lora_training,
     "supir_lora_metrics": supir_lora_metrics,
+    "hypir_one_step": hypir_one_step,
 }
 
 
 NOTE_SIZE = [460, 620]
 # nodes whose widgets show file names: wide enough that the page does not cut the names off (height: the page's)
 WIDE = {key: [400, None] for key in ("iqa", "ckpt", "restorer", "irc", "csft_file", "rvae", "loader", "lora1",
-                                     "lora2", "detector", "parser", "face_restorer")}
+                                     "lora2", "detector", "parser", "face_restorer", "hypir")}
 
 
 def spec(name: str) -> dict:

@@ -467,6 +467,8 @@ def damaged(host, tiny, sm, sdxl, musiq_random_state, hostile):
     """Each loader's own kind of file, damaged each way, as hostile_damaged_<loader>_<damage>.<ext> in its folder;
     returns {(loader, damage): (file name, damaged key)}."""
     from tests.comfy.test_cleaners import tiny_swinir
+    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
+    from tests.comfy.test_hypir import tiny_hypir_state_dict
     from tests.comfy.test_supir import tiny_adapter_sd
 
     vae = tiny._vae_weights(3, 4)
@@ -478,9 +480,6 @@ def damaged(host, tiny, sm, sdxl, musiq_random_state, hostile):
            "restorer": dict(tiny_swinir().state_dict()), "supir": supir,
            "lora": {f"lora_unet_block_{i}.{p}": torch.randn(4, 8) for i in range(2)
                     for p in ("lora_down.weight", "lora_up.weight")}}
-    from tests.comfy.test_faces import tiny_detector_state_dict, tiny_parser_state_dict
-    from tests.comfy.test_hypir import tiny_hypir_state_dict
-
     own.update(face_detector=dict(tiny_detector_state_dict()), face_parser=dict(tiny_parser_state_dict()),
                hypir=dict(tiny_hypir_state_dict(tiny)))
     missing = set(LOADERS) - set(own)

@@ -257,3 +257,20 @@ def test_workflow_runs_in_the_executor(host, tiny, pack, musiq_random_state):
     (image,) = host.ui(ex, save)["images"]
     out = Image.open(host.workdir / "output" / image.get("subfolder", "") / image["filename"])
     assert out.size == (36, 32)
+
+
+def test_missing_hypir_file_is_named_with_where_to_get_it_at_validation(host):
+    """Load HYPIR LoRA checks its file when the prompt is validated (as the other pack loaders do): the error names
+    the file, the hypir folder and the manifest's download link (found by the file's name; a sub-folder keeps the
+    name missing whatever other tests put in models/hypir), and nothing runs."""
+    prompt = {"ck": {"class_type": "AdaptBIRTest_TinyCheckpointLoader", "inputs": {"kind": "sd2-eps", "seed": 0}},
+              "1": {"class_type": "AdaptBIR_HYPIRLoader",
+                    "inputs": {"model": ["ck", 0], "hypir_name": "not_here/HYPIR_sd2.pth", "strength": 1.0}},
+              "2": {"class_type": "AdaptBIRTest_Sink", "inputs": {"value": ["1", 0]}}}
+    valid, _, _, node_errors = host.validate(prompt)
+    assert not valid
+    errors = node_errors["1"]["errors"]  # ComfyUI 0.3.75 repeats a node's validate_inputs message per input
+    assert errors and all(e["type"] == "custom_validation_failed" for e in errors), errors
+    details = errors[0]["details"]
+    assert "HYPIR_sd2.pth" in details and "'hypir' model folder" in details, details
+    assert "https://huggingface.co/lxq007/HYPIR/resolve/main/HYPIR_sd2.pth" in details, details

@@ -93,3 +93,32 @@ def test_facexlib_file_names_pick_their_loader(pack):
 
     assert by_name("detection_Resnet50_Final.pth") == {"face_detector"}
     assert by_name("parsing_parsenet.pth") == {"face_parser"}
+
+
+def test_hypir_loader_lists_hypir_files_and_other_loaders_leave_them_out(host, tiny, tmp_path):
+    """Load HYPIR LoRA lists HYPIR's LoRA (its peft keys on the diffusers UNet, or the published name
+    HYPIR_sd2.pth, never unpickled) and what cannot be told; a file of another kind is left out, and Load
+    IRControlNet leaves a HYPIR file out of its list."""
+    from tests.comfy.test_faces import tiny_detector_state_dict
+    from tests.comfy.test_hypir import tiny_hypir_state_dict
+
+    hypir = tiny_hypir_state_dict(tiny)
+    d = host.models_dir / "hypir" / "lsh"
+    d.mkdir(parents=True, exist_ok=True)
+    save_file(hypir, str(d / "a_hypir_keys.safetensors"))
+    save_file(tiny_detector_state_dict(), str(d / "b_detector.safetensors"))
+    save_file({"foo.weight": torch.zeros(2)}, str(d / "c_unknown.safetensors"))
+    marker = tmp_path / "unpickled"
+    (d / "HYPIR_sd2.pth").write_bytes(pickle.dumps(_Trap(marker)))  # by the published name
+    save_file(hypir, str(host.models_dir / "diffbir" / "lsh_hypir_in_diffbir.safetensors"))
+    import folder_paths
+
+    getattr(folder_paths, "filename_list_cache", {}).clear()
+    listed = [o.replace("\\", "/") for o in _options(host, "AdaptBIR_HYPIRLoader", "hypir_name")]
+    assert [o for o in listed if o.startswith("lsh/")] == ["lsh/HYPIR_sd2.pth", "lsh/a_hypir_keys.safetensors",
+                                                           "lsh/c_unknown.safetensors"] or \
+        [o for o in listed if o.startswith("lsh/")] == ["lsh/a_hypir_keys.safetensors", "lsh/HYPIR_sd2.pth",
+                                                        "lsh/c_unknown.safetensors"]
+    irc = _options(host, "AdaptBIR_IRControlNetLoader", "control_net_name")
+    assert "lsh_hypir_in_diffbir.safetensors" not in irc
+    assert not marker.exists(), "a file was unpickled to build a list"

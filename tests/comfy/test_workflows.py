@@ -255,8 +255,20 @@ def page_results(tmp_path_factory, tiny, musiq_random_state, sm, sdxl):
         page.wait_for_timeout(1500)
         res["template_dialog"] = page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog'))"
                                                ".map(d => d.innerText).join('\\n')")
-        res["template_images"] = page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog img'))"
-                                               ".map(i => [i.alt, i.src, i.naturalWidth])")
+        # the cards below the dialog's fold load their pictures when scrolled to: scroll down step by step and
+        # keep every picture seen (by card), so a workflow added past the first rows is checked too
+        seen = {}
+        for _ in range(6):
+            for alt, src, w in page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog img'))"
+                                             ".map(i => [i.alt, i.src, i.naturalWidth])"):
+                if w or alt not in seen:
+                    seen[alt] = [alt, src, w]
+            page.evaluate("() => Array.from(document.querySelectorAll('.p-dialog *'))"
+                          ".filter(e => e.scrollHeight > e.clientHeight + 4 && "
+                          "['auto', 'scroll'].includes(getComputedStyle(e).overflowY))"
+                          ".forEach(e => { e.scrollTop += 400; })")
+            page.wait_for_timeout(700)
+        res["template_images"] = list(seen.values())
         page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
         close_dialogs(page, settle_ms=400)
     return res
