@@ -29,8 +29,28 @@ def photo_folder(host) -> str:
     return FOLDER
 
 
-def training_prompt(size=64, steps=2, prefix="loras/tiny_trained"):
+# TrainLoraNode's outputs as saved in the shipped workflow (ComfyUI 0.3.75); newer ComfyUI (0.12.1) dropped the
+# MODEL output, so links into it are looked up by type on the running host
+SAVED_TRAIN_OUTPUTS = ("MODEL", "LORA_MODEL", "LOSS_MAP", "INT")
+
+
+def train_slot(host, io_type: str) -> int:
+    """The running host's TrainLoraNode output slot of ``io_type``."""
+    return [o.io_type for o in host.node_class("TrainLoraNode").GET_SCHEMA().outputs].index(io_type)
+
+
+def with_host_defaults(host, class_type: str, inputs: dict) -> dict:
+    """``inputs`` plus the running host's defaults for required widgets it lacks (newer ComfyUI added some to
+    TrainLoraNode, e.g. bypass_mode and bucket_mode in 0.12.1; the page fills them the same way)."""
+    for name, spec in host.node_class(class_type).INPUT_TYPES()["required"].items():
+        if name not in inputs and len(spec) > 1 and "default" in spec[1]:
+            inputs[name] = spec[1]["default"]
+    return inputs
+
+
+def training_prompt(host, size=64, steps=2, prefix="loras/tiny_trained"):
     """The training workflow's graph in the API format, with the tiny SDXL in place of the checkpoint."""
+    lora, loss, count = (train_slot(host, t) for t in ("LORA_MODEL", "LOSS_MAP", "INT"))
     return {
         "1": {"class_type": "AdaptBIRTest_TinyCheckpointLoader", "inputs": {"kind": "sdxl", "seed": 0}},
         "2": {"class_type": "LoadImageTextDataSetFromFolder", "inputs": {"folder": FOLDER}},
@@ -38,19 +58,24 @@ def training_prompt(size=64, steps=2, prefix="loras/tiny_trained"):
         "4": {"class_type": "CenterCropImages", "inputs": {"images": ["3", 0], "width": size, "height": size}},
         "5": {"class_type": "MakeTrainingDataset", "inputs": {
             "images": ["4", 0], "vae": ["1", 2], "clip": ["1", 1], "texts": ["2", 1]}},
-        "6": {"class_type": "TrainLoraNode", "inputs": {
+        "6": {"class_type": "TrainLoraNode", "inputs": with_host_defaults(host, "TrainLoraNode", {
             "model": ["1", 0], "latents": ["5", 0], "positive": ["5", 1], "batch_size": 1,
             "grad_accumulation_steps": 1, "steps": steps, "learning_rate": 1e-2, "rank": 4, "optimizer": "AdamW",
             "loss_function": "MSE", "seed": 0, "training_dtype": "fp32", "lora_dtype": "fp32", "algorithm": "LoRA",
-            "gradient_checkpointing": True, "existing_lora": "[None]"}},
-        "7": {"class_type": "SaveLoRA", "inputs": {"lora": ["6", 1], "prefix": prefix, "steps": ["6", 3]}},
-        "8": {"class_type": "LossGraphNode", "inputs": {"loss": ["6", 2], "filename_prefix": "loss_graph"}},
+            "gradient_checkpointing": True, "existing_lora": "[None]"})},
+        "7": {"class_type": "SaveLoRA", "inputs": {"lora": ["6", lora], "prefix": prefix, "steps": ["6", count]}},
+        "8": {"class_type": "LossGraphNode", "inputs": {"loss": ["6", loss], "filename_prefix": "loss_graph"}},
     }
 
 
 def check_training_run(host, prompt: dict) -> None:
     """Run the shipped workflow's API prompt (tiny checkpoint in place) on 64 px crops; a LoRA file is saved."""
     photo_folder(host)
+    train_ids = {k for k, v in prompt.items() if v["class_type"] == "TrainLoraNode"}
+    for node in prompt.values():
+        for name, value in node["inputs"].items():  # links into TrainLoraNode: to the running host's slots
+            if isinstance(value, list) and len(value) == 2 and value[0] in train_ids:
+                node["inputs"][name] = [value[0], train_slot(host, SAVED_TRAIN_OUTPUTS[value[1]])]
     for node in prompt.values():
         inputs = node["inputs"]
         for key in ("shorter_edge", "width", "height"):
@@ -60,6 +85,7 @@ def check_training_run(host, prompt: dict) -> None:
             inputs["prefix"] = "loras/workflow_check"
         if node["class_type"] == "TrainLoraNode":  # bf16 is slow on a CPU; 2 steps (the loss graph needs two)
             inputs.update(training_dtype="fp32", lora_dtype="fp32", steps=2)
+            with_host_defaults(host, "TrainLoraNode", inputs)
     host.run(prompt)
     assert list((host.workdir / "output" / "loras").glob("workflow_check_*_steps_*.safetensors"))
 
@@ -70,8 +96,8 @@ def trained_lora(host):
     import folder_paths
 
     photo_folder(host)
-    ex = host.run(training_prompt())
-    losses = host.output(ex, "6", 2)["loss"]
+    ex = host.run(training_prompt(host))
+    losses = host.output(ex, "6", train_slot(host, "LOSS_MAP"))["loss"]
     assert len(losses) == 2 and all(np.isfinite(losses))
     saved = sorted((host.workdir / "output" / "loras").glob("tiny_trained_2_steps_*.safetensors"))
     assert len(saved) == 1, saved
@@ -116,7 +142,7 @@ def test_shipped_workflow_is_this_graph_with_the_papers_settings(host, pack):
     wf = json.loads(WORKFLOW.read_text())
     prompt = pack("batch.workflow").to_prompt(wf, host.nodes.NODE_CLASS_MAPPINGS)
     by_type = {v["class_type"]: v["inputs"] for v in prompt.values()}
-    ours = training_prompt()
+    ours = training_prompt(host)
     assert set(by_type) == {v["class_type"] for v in ours.values()} - {"AdaptBIRTest_TinyCheckpointLoader"} \
         | {"CheckpointLoaderSimple"}
     train = by_type["TrainLoraNode"]
