@@ -428,7 +428,10 @@ def test_sampler_custom_progress_per_step_and_cancel_inside_a_step(host, tiny, s
     import comfy.utils
 
     progress = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda value, total, *a, **k: progress.append((value, total)))
+    # what the sampler asks of ComfyUI's ProgressBar (newer hosts throttle what reaches the hook)
+    update = comfy.utils.ProgressBar.update_absolute
+    monkeypatch.setattr(comfy.utils.ProgressBar, "update_absolute", lambda self, value, total=None, *a, **k: (
+        progress.append((value, self.total if total is None else total)), update(self, value, total, *a, **k))[1])
     out = sampled(host, custom_sampler_graph(tiny))
     assert torch.isfinite(out).all()
     assert [p for p in progress if p[1] == 3] == [(1, 3), (2, 3), (3, 3)]
